@@ -1,0 +1,148 @@
+"""TFLite lowering (litert-torch) and `.litertlm` packaging that Google's LiteRT-LM engine runs as is.
+
+Sections: LlmMetadataProto (start/stop tokens, model type, context), HF_Tokenizer_Zlib, the main
+`tf_lite_prefill_decode` model (signatures `prefill_<N>` and `decode`), and for Gemma 3n the
+`tf_lite_embedder` and `tf_lite_per_layer_embedder` models that LiteRT-LM runs on the CPU.
+
+The embedders' tables are plain constant buffers; their byte offsets inside the `.litertlm` go in
+edgepack's manifest, so edgepack's runtime memory-maps the rows instead of running those graphs
+(one copy of the 2B-parameter PLE table serves both engines).
+"""
+
+from __future__ import annotations
+
+import copy
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgepack import contract
+from edgepack.errors import EdgepackError
+
+
+def sample_inputs(model, cfg, length: int, cache_len: int, embeddings: bool) -> dict:
+    n = cfg.num_key_value_heads
+    kv = {}
+    for i in cfg.cache_layers:
+        kv[f"k_{i}"] = torch.zeros(contract.k_cache_shape(n, cache_len, cfg.head_dim))
+        kv[f"v_{i}"] = torch.zeros(contract.v_cache_shape(n, cache_len, cfg.head_dim))
+    pos = torch.arange(length, dtype=torch.int32)
+    inputs = {"input_pos": pos, "mask": torch.from_numpy(contract.causal_mask(pos.numpy(), cache_len)), "kv_cache": kv}
+    if embeddings:
+        inputs["embeddings"] = torch.zeros(1, length, cfg.hidden_size)
+    else:
+        inputs["tokens"] = torch.ones(1, length, dtype=torch.int32)
+    if hasattr(cfg, "hidden_size_per_layer_input"):
+        inputs["per_layer_embeddings"] = torch.zeros(
+            1, length, cfg.num_hidden_layers, cfg.hidden_size_per_layer_input
+        )
+    return inputs
+
+
+def convert_main(model, cfg, prefill_len: int, cache_len: int, out: Path) -> None:
+    """`prefill_<N>` (caches only: LiteRT-LM samples from `decode`) and `decode` (caches + logits)."""
+    import litert_torch
+
+    embeddings = hasattr(cfg, "hidden_size_per_layer_input")  # Gemma 3n: external embedder
+    prefill = copy.copy(model)  # shares the parameters, so both signatures share the weights
+    prefill.emit_logits = False
+    edge = (
+        litert_torch.signature(
+            contract.prefill_signature(prefill_len), prefill,
+            sample_kwargs=sample_inputs(model, cfg, prefill_len, cache_len, embeddings),
+        )
+        .signature(contract.DECODE, model, sample_kwargs=sample_inputs(model, cfg, 1, cache_len, embeddings))
+        .convert()
+    )
+    edge.export(str(out))
+
+
+def convert_single(module: torch.nn.Module, signature: str, out: Path) -> None:
+    import litert_torch
+
+    sample = {"token_ids": torch.ones(1, 1, dtype=torch.int32)}
+    litert_torch.signature(signature, module, sample_kwargs=sample).convert().export(str(out))
+
+
+def llm_metadata(family: str, bos: int, stop_ids: list[int], max_tokens: int, chat_template: str | None):
+    from litert_lm_builder.runtime.proto import llm_metadata_pb2, llm_model_type_pb2
+
+    md = llm_metadata_pb2.LlmMetadata()
+    md.start_token.token_ids.ids.append(bos)
+    for i in stop_ids:
+        md.stop_tokens.add().token_ids.ids.append(i)
+    md.max_num_tokens = max_tokens
+    if family == "gemma3n":
+        md.llm_model_type.CopyFrom(llm_model_type_pb2.LlmModelType(gemma3n=llm_model_type_pb2.Gemma3N()))
+    else:
+        md.llm_model_type.CopyFrom(llm_model_type_pb2.LlmModelType(gemma3=llm_model_type_pb2.Gemma3()))
+    if chat_template:
+        md.jinja_prompt_template = chat_template
+    return md
+
+
+def package(out: Path, work: Path, family: str, tokenizer_json: Path, metadata, models: dict[str, Path]) -> None:
+    from litert_lm_builder import litertlm_builder as lb
+
+    md_path = work / "llm_metadata.pb"
+    md_path.write_bytes(metadata.SerializeToString())
+    builder = lb.LitertLmFileBuilder()
+    builder.add_system_metadata(lb.Metadata(key="Authors", value="edgepack", dtype=lb.DType.STRING))
+    builder.add_llm_metadata(str(md_path))
+    builder.add_hf_tokenizer(str(tokenizer_json))
+    kinds = {
+        "prefill_decode": lb.TfLiteModelType.PREFILL_DECODE,
+        "embedder": lb.TfLiteModelType.EMBEDDER,
+        "per_layer_embedder": lb.TfLiteModelType.PER_LAYER_EMBEDDER,
+    }
+    for name, path in models.items():
+        builder.add_tflite_model(str(path), kinds[name])
+    with open(out, "wb") as f:
+        builder.build(f)
+
+
+def read_sections(path: Path) -> list[dict]:
+    """Section table of a `.litertlm`: data type, model_type, absolute byte range."""
+    from litert_lm_builder import litertlm_core, litertlm_peek
+
+    with open(path, "rb") as f:
+        if f.read(8) != litertlm_core.HEADER_MAGIC_BYTES:
+            raise EdgepackError(f"{path} is not a .litertlm file")
+        f.seek(litertlm_core.HEADER_END_LOCATION_BYTE_OFFSET)
+        end = struct.unpack("<Q", f.read(8))[0]
+        f.seek(litertlm_core.HEADER_BEGIN_BYTE_OFFSET)
+        from litert_lm_builder import litertlm_header_schema_py_generated as schema
+
+        header = schema.LiteRTLMMetaData.GetRootAs(f.read(end - litertlm_core.HEADER_BEGIN_BYTE_OFFSET), 0)
+    sections = header.SectionMetadata()
+    out = []
+    for i in range(sections.ObjectsLength()):
+        s = sections.Objects(i)
+        out.append({
+            "data_type": litertlm_core.any_section_data_type_to_string(s.DataType()),
+            "model_type": litertlm_peek.get_model_type(s),
+            "offset": int(s.BeginOffset()),
+            "size": int(s.EndOffset() - s.BeginOffset()),
+        })
+    return out
+
+
+def constant_offset(tflite: bytes, expected: np.ndarray) -> int:
+    """Byte offset, inside a .tflite, of the constant buffer holding exactly `expected`."""
+    from ai_edge_litert import schema_py_generated as tfl
+
+    model = tfl.Model.GetRootAsModel(tflite, 0)
+    raw = np.ascontiguousarray(expected).tobytes()
+    for b in range(model.BuffersLength()):
+        buf = model.Buffers(b)
+        if buf.Offset() > 1 and buf.Size() == len(raw):  # stored after the flatbuffer
+            start = int(buf.Offset())
+        elif buf.DataLength() == len(raw):  # stored inline in the flatbuffer
+            start = buf._tab.Vector(buf._tab.Offset(4))
+        else:
+            continue
+        if tflite[start:start + len(raw)] == raw:
+            return start
+    raise EdgepackError("internal error: embedding table not found verbatim in the converted model")

@@ -1,0 +1,82 @@
+"""ONNX lowering (torch.onnx dynamo exporter) for onnxruntime.
+
+One graph with a dynamic sequence length serves prefill chunks and single-token decode. Inputs
+keep LiteRT-LM's names (`tokens`, `per_layer_embeddings`, `input_pos`, `mask`, `kv_cache_k_i` ...);
+outputs are `logits` and the updated caches as `kv_cache_k_i_out` (ONNX values are assigned once).
+Weights go to external data (`model.onnx.data`) so models over 2 GB work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from edgepack import contract
+
+
+class _FlatSignature(torch.nn.Module):
+    """Positional, flat inputs so the ONNX graph gets exactly the contract's names."""
+
+    def __init__(self, model, cache_layers: list[int], gemma3n: bool):
+        super().__init__()
+        self.model, self.cache_layers, self.gemma3n = model, cache_layers, gemma3n
+
+    def forward(self, tokens, *rest):
+        if self.gemma3n:
+            per_layer_embeddings, input_pos, mask, *caches = rest
+        else:
+            input_pos, mask, *caches = rest
+        kv = {}
+        for j, i in enumerate(self.cache_layers):
+            kv[f"k_{i}"], kv[f"v_{i}"] = caches[2 * j], caches[2 * j + 1]
+        if self.gemma3n:
+            out = self.model(per_layer_embeddings, input_pos, mask, kv, tokens=tokens)
+        else:
+            out = self.model(tokens, input_pos, mask, kv)
+        return tuple(out[n] for n in output_names(self.cache_layers))
+
+
+def cache_names(cache_layers: list[int]) -> list[str]:
+    names = []
+    for i in cache_layers:
+        names += [contract.k_cache_name(i), contract.v_cache_name(i)]
+    return names
+
+
+def output_names(cache_layers: list[int]) -> list[str]:
+    return ["logits"] + cache_names(cache_layers)
+
+
+def export(model, cfg, cache_len: int, out: Path) -> None:
+    gemma3n = hasattr(cfg, "hidden_size_per_layer_input")
+    flat = _FlatSignature(model, cfg.cache_layers, gemma3n).eval()
+    t = 3  # any length > 1, so the exporter keeps the sequence dimension symbolic
+    n = cfg.num_key_value_heads
+    pos = torch.arange(t, dtype=torch.int32)
+    args = [torch.ones(1, t, dtype=torch.int32)]
+    names = ["tokens"]
+    if gemma3n:
+        args.append(torch.zeros(1, t, cfg.num_hidden_layers, cfg.hidden_size_per_layer_input))
+        names.append("per_layer_embeddings")
+    args += [pos, torch.from_numpy(contract.causal_mask(pos.numpy(), cache_len))]
+    names += ["input_pos", "mask"]
+    for _ in cfg.cache_layers:
+        args.append(torch.zeros(contract.k_cache_shape(n, cache_len, cfg.head_dim)))
+        args.append(torch.zeros(contract.v_cache_shape(n, cache_len, cfg.head_dim)))
+    names += cache_names(cfg.cache_layers)
+
+    seq = torch.export.Dim("seq", min=1, max=cache_len)
+    dyn = {"tokens": {1: seq}, "input_pos": {0: seq}, "mask": {2: seq}}
+    if gemma3n:
+        dyn["per_layer_embeddings"] = {1: seq}
+    dynamic_shapes = [dyn.get(name) for name in names]
+    rest_shapes = (dynamic_shapes[0], tuple(dynamic_shapes[1:]))
+    with torch.no_grad():
+        program = torch.onnx.export(
+            flat, tuple(args), dynamo=True, input_names=names,
+            output_names=[name if name == "logits" else contract.onnx_output_name(name)
+                          for name in output_names(cfg.cache_layers)],
+            dynamic_shapes=rest_shapes, optimize=True, verbose=False,
+        )
+    program.save(str(out), external_data=True)

@@ -1,0 +1,116 @@
+"""The bundle: a folder with `manifest.json` and the files it lists. See docs/bundle-format.md.
+
+Writing is atomic: everything goes into a hidden staging folder beside the target, the manifest
+is written last, and only then is the folder renamed into place. A crash leaves a staging folder
+that nothing accepts as a bundle (no manifest at the target path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from edgepack.errors import EdgepackError
+
+MANIFEST = "manifest.json"
+FORMAT_NAME = "edgepack-bundle"
+SCHEMA_VERSION = 1
+FORMATS = ("litertlm", "onnx")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_entry(folder: Path, name: str, role: str) -> dict:
+    p = folder / name
+    return {"path": name, "role": role, "size": p.stat().st_size, "sha256": sha256_file(p)}
+
+
+@contextlib.contextmanager
+def staging(target: Path, force: bool = False) -> Iterator[Path]:
+    """Yields an empty folder; on success it becomes `target`, on any failure it is removed."""
+    target = target.resolve()
+    if target.exists() and not force:
+        raise EdgepackError(f"{target} already exists (use --force to replace it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    stage.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+    try:
+        yield stage
+        if not (stage / MANIFEST).exists():
+            raise EdgepackError("internal error: bundle staged without a manifest")
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            target.rename(old)
+            stage.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            stage.rename(target)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    manifest = {"format": FORMAT_NAME, "schema_version": SCHEMA_VERSION, **manifest}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+class Bundle:
+    """A bundle read from disk. `verify()` checks sizes and checksums of every listed file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser()
+        mpath = self.path / MANIFEST
+        if self.path.is_file() and self.path.name == MANIFEST:
+            self.path, mpath = self.path.parent, self.path
+        if not self.path.exists():
+            raise EdgepackError(f"bundle not found: {self.path}")
+        if not mpath.exists():
+            raise EdgepackError(f"{self.path} is not an edgepack bundle: no {MANIFEST}")
+        try:
+            self.manifest = json.loads(mpath.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise EdgepackError(f"{mpath} is corrupt: {e}") from None
+        m = self.manifest
+        if m.get("format") != FORMAT_NAME:
+            raise EdgepackError(f"{mpath} is not an edgepack manifest")
+        if m.get("schema_version") != SCHEMA_VERSION:
+            raise EdgepackError(
+                f"{self.path} has bundle schema {m.get('schema_version')}; this edgepack reads {SCHEMA_VERSION}"
+            )
+        if m.get("runtime_format") not in FORMATS:
+            raise EdgepackError(f"{mpath}: unknown runtime_format {m.get('runtime_format')!r}")
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def verify(self, checksums: bool = True) -> None:
+        for entry in self.manifest["files"]:
+            p = self.path / entry["path"]
+            if not p.exists():
+                raise EdgepackError(f"bundle file missing: {p}")
+            size = p.stat().st_size
+            if size != entry["size"]:
+                raise EdgepackError(f"bundle file {p} is {size} bytes, manifest says {entry['size']} (truncated?)")
+            if checksums and sha256_file(p) != entry["sha256"]:
+                raise EdgepackError(f"bundle file {p} fails its sha256 check (altered or corrupt)")
+
+    @property
+    def format(self) -> str:
+        return self.manifest["runtime_format"]
+
+    @property
+    def max_context(self) -> int:
+        return int(self.manifest["max_context"])

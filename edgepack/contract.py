@@ -1,0 +1,46 @@
+"""The graph contract shared by the converters (which build graphs) and the runtime (which feeds
+them). It is LiteRT-LM's: the same names and layouts serve its engine, ours, and onnxruntime.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Finite on purpose: a fully masked row (a padded prefill slot) must give a uniform softmax, not
+# NaN, or the NaN lands in the cache and poisons later steps through 0 * NaN.
+MASK_VALUE = -1e30
+
+DECODE = "decode"
+EMBEDDER_SIGNATURE = "embedder"
+PER_LAYER_EMBEDDER_SIGNATURE = "per_layer_embedder"
+
+
+def prefill_signature(length: int) -> str:
+    return f"prefill_{length}"
+
+
+def k_cache_name(i: int) -> str:
+    return f"kv_cache_k_{i}"
+
+
+def v_cache_name(i: int) -> str:
+    return f"kv_cache_v_{i}"
+
+
+def onnx_output_name(input_name: str) -> str:
+    """ONNX values are single-assignment, so an updated cache can't reuse its input's name."""
+    return f"{input_name}_out"
+
+
+def k_cache_shape(num_kv_heads: int, cache_len: int, head_dim: int) -> tuple[int, ...]:
+    return (1, num_kv_heads, cache_len, head_dim)
+
+
+def v_cache_shape(num_kv_heads: int, cache_len: int, head_dim: int) -> tuple[int, ...]:
+    return (1, num_kv_heads, head_dim, cache_len)
+
+
+def causal_mask(input_pos: np.ndarray, cache_len: int) -> np.ndarray:
+    """The `mask` input [1, 1, T, C]: query at position p sees cache slots 0..p."""
+    k = np.arange(cache_len)[None, :]
+    return np.where(k <= np.asarray(input_pos)[:, None], 0.0, MASK_VALUE).astype(np.float32)[None, None]

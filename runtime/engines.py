@@ -1,0 +1,167 @@
+"""One engine interface over both bundle formats: TFLite via ai-edge-litert, ONNX via onnxruntime.
+
+An engine owns the KV cache and exposes two calls: `prefill(ids, start)` writes a prompt's K/V
+into the cache, `decode(id, pos)` writes one token's and returns the next-token logits. Both feed
+the graph contract in edgepack/contract.py.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgepack import contract
+from edgepack.bundle import Bundle
+from edgepack.errors import EdgepackError
+from edgepack.runtime.row_store import RowStore
+
+
+def plan_chunks(n: int, length: int | None, cache_len: int) -> list[tuple[int, int]]:
+    """(start, real_tokens) chunks covering positions 0..n-1 with chunks of `length`.
+
+    Fixed-length graphs (TFLite): when n isn't a multiple, the last chunk is moved back to end at
+    n, recomputing a few positions (same tokens, same positions, same K/V) instead of padding past
+    the end; only a prompt shorter than one chunk is padded. Dynamic graphs (ONNX): `length` is
+    None and chunks are as long as the cache allows.
+    """
+    if n == 0:
+        return []
+    if length is None:
+        step = min(cache_len, 512)
+        return [(s, min(step, n - s)) for s in range(0, n, step)]
+    if n <= length:
+        return [(0, n)]
+    starts = list(range(0, n - length + 1, length))
+    if starts[-1] + length < n:
+        starts.append(n - length)
+    return [(s, length) for s in starts]
+
+
+class Engine:
+    """Shared cache bookkeeping and input preparation; subclasses run the graph."""
+
+    def __init__(self, b: Bundle):
+        g = b.manifest["graph"]
+        self.bundle = b
+        self.cache_len = b.max_context
+        self.vocab_size = int(g["vocab_size"])
+        self.prefill_lengths = list(g["prefill_lengths"])
+        self.inputs_kind = g["inputs"]  # "tokens" | "embeddings"
+        self.cache_names = []
+        for i in g["cache_layers"]:
+            self.cache_names += [contract.k_cache_name(i), contract.v_cache_name(i)]
+        kvh, d = int(g["num_kv_heads"]), int(g["head_dim"])
+        self.cache_shapes = {}
+        for i in g["cache_layers"]:
+            self.cache_shapes[contract.k_cache_name(i)] = contract.k_cache_shape(kvh, self.cache_len, d)
+            self.cache_shapes[contract.v_cache_name(i)] = contract.v_cache_shape(kvh, self.cache_len, d)
+        stores = b.manifest.get("row_stores", {})
+        self.stores = {name: RowStore(b.path, spec) for name, spec in stores.items()}
+        cfg = b.manifest["model"]["config"]
+        self.ple_shape = (cfg.get("num_hidden_layers"), cfg.get("hidden_size_per_layer_input"))
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache = {n: np.zeros(s, np.float32) for n, s in self.cache_shapes.items()}
+
+    def _inputs(self, ids: np.ndarray, positions: np.ndarray) -> dict[str, np.ndarray]:
+        t = len(ids)
+        feeds = {"input_pos": positions.astype(np.int32), "mask": contract.causal_mask(positions, self.cache_len)}
+        if self.inputs_kind == "embeddings":
+            feeds["embeddings"] = self.stores["embeddings"].gather(ids)[None]
+        else:
+            feeds["tokens"] = ids.astype(np.int32)[None]
+        if "per_layer_embeddings" in self.stores:
+            rows = self.stores["per_layer_embeddings"].gather(ids)
+            feeds["per_layer_embeddings"] = rows.reshape(1, t, *self.ple_shape)
+        return feeds
+
+    def prefill(self, ids: np.ndarray, start: int = 0) -> None:
+        length = self.prefill_lengths[0] if self.prefill_lengths else None
+        for s, n in plan_chunks(len(ids), length, self.cache_len):
+            chunk = ids[s:s + n]
+            size = length or n
+            padded = np.zeros(size, np.int32)
+            padded[:n] = chunk
+            # Padding slots take the following positions: their K/V land beyond the prompt and are
+            # overwritten by decode before any query can see them.
+            self._run_prefill(padded, np.arange(start + s, start + s + size, dtype=np.int32))
+
+    def decode(self, token: int, pos: int) -> np.ndarray:
+        return self._run_decode(np.array([token], np.int32), np.array([pos], np.int32))
+
+    def _run_prefill(self, ids: np.ndarray, positions: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _run_decode(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+def default_threads() -> int:
+    """The cores this process may use (a Pi 4 has 4; containers may allow fewer)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+class OnnxEngine(Engine):
+    def __init__(self, b: Bundle, threads: int | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or default_threads()
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(b.file(b.manifest["graph"]["file"])), opts,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise EdgepackError(f"onnxruntime cannot load {b.path}: {e}") from None
+        super().__init__(b)
+        self.outputs = ["logits"] + [contract.onnx_output_name(n) for n in self.cache_names]
+
+    def _run(self, ids, positions) -> np.ndarray:
+        feeds = self._inputs(ids, positions) | self.cache
+        logits, *caches = self.session.run(self.outputs, feeds)
+        self.cache = dict(zip(self.cache_names, caches))
+        return logits[0, -1]
+
+    def _run_prefill(self, ids, positions) -> None:
+        self._run(ids, positions)
+
+    def _run_decode(self, ids, positions) -> np.ndarray:
+        return self._run(ids, positions)
+
+
+class LiteRTEngine(Engine):
+    def __init__(self, b: Bundle, threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        main = next(s for s in b.manifest["graph"]["sections"] if s["model_type"] == "tf_lite_prefill_decode")
+        path = Path(b.file(b.manifest["graph"]["file"]))
+        with open(path, "rb") as f:
+            f.seek(main["offset"])
+            self._model = f.read(main["size"])
+        try:
+            self.interpreter = Interpreter(model_content=self._model, num_threads=threads or default_threads())
+        except Exception as e:
+            raise EdgepackError(f"LiteRT cannot load {path}: {e}") from None
+        super().__init__(b)
+        self.prefill_runner = self.interpreter.get_signature_runner(
+            contract.prefill_signature(self.prefill_lengths[0]))
+        self.decode_runner = self.interpreter.get_signature_runner(contract.DECODE)
+
+    def _run_prefill(self, ids, positions) -> None:
+        out = self.prefill_runner(**self._inputs(ids, positions), **self.cache)
+        self.cache = {n: out[n] for n in self.cache_names}
+
+    def _run_decode(self, ids, positions) -> np.ndarray:
+        out = self.decode_runner(**self._inputs(ids, positions), **self.cache)
+        self.cache = {n: out[n] for n in self.cache_names}
+        return out["logits"][0, -1]
+
+
+def open_engine(b: Bundle, threads: int | None = None) -> Engine:
+    return (OnnxEngine if b.format == "onnx" else LiteRTEngine)(b, threads)

@@ -1,0 +1,117 @@
+"""Text in, streamed text out: tokenizer, chat template, prefill, decode loop, stop ids.
+
+    from edgepack.runtime import Generator
+    gen = Generator("bundles/gemma-3-270m")
+    for piece in gen.stream("The capital of France is", max_new_tokens=32):
+        print(piece, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from edgepack.bundle import Bundle
+from edgepack.errors import EdgepackError
+from edgepack.runtime.engines import open_engine
+from edgepack.runtime.sampling import Sampler, SamplingParams
+
+
+@dataclasses.dataclass
+class StepResult:
+    token: int
+    logits: np.ndarray
+
+
+class Generator:
+    def __init__(self, bundle: str | Path | Bundle, threads: int | None = None, verify: bool = True):
+        from tokenizers import Tokenizer
+
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
+        self.bundle.verify(checksums=verify)
+        tok = self.bundle.manifest["tokenizer"]
+        self.tokenizer = Tokenizer.from_file(str(self.bundle.file(tok["file"])))
+        self.bos_id, self.add_bos = int(tok["bos_id"]), bool(tok["add_bos"])
+        self.stop_ids = set(int(i) for i in tok["stop_ids"])
+        self.chat_template = self.bundle.manifest.get("chat_template")
+        self.engine = open_engine(self.bundle, threads)
+
+    @property
+    def max_context(self) -> int:
+        return self.engine.cache_len
+
+    def encode(self, prompt: str, chat: bool = False) -> list[int]:
+        if chat:
+            if not self.chat_template:
+                raise EdgepackError("this bundle has no chat template (a base model): drop --chat")
+            text = render_chat(self.chat_template, [{"role": "user", "content": prompt}])
+            return self.tokenizer.encode(text, add_special_tokens=False).ids  # the template has <bos>
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids
+        return [self.bos_id] + ids if self.add_bos else ids
+
+    def generate_ids(self, ids: list[int], max_new_tokens: int, sampling: SamplingParams | None = None,
+                     on_step: Callable[[StepResult], None] | None = None) -> Iterator[int]:
+        """Yields generated token ids; stops at a stop id (not yielded), max_new_tokens or the
+        context limit. `on_step` sees every step's logits (tests compare them with transformers)."""
+        if max_new_tokens < 1:
+            raise EdgepackError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+        if not ids:
+            raise EdgepackError("empty prompt")
+        if len(ids) > self.max_context:
+            raise EdgepackError(
+                f"prompt is {len(ids)} tokens; this bundle's context is {self.max_context} "
+                f"(re-export with a larger --max-context)")
+        bad = [i for i in ids if not 0 <= i < self.engine.vocab_size]
+        if bad:
+            raise EdgepackError(f"token id {bad[0]} is outside the model's vocabulary")
+        sampler = Sampler(sampling or SamplingParams())
+        self.engine.reset()
+        self.engine.prefill(np.asarray(ids[:-1], np.int32))
+        token, pos = ids[-1], len(ids) - 1
+        self.hit_context_limit = False
+        for _ in range(max_new_tokens):
+            if pos >= self.max_context:
+                self.hit_context_limit = True
+                return
+            logits = self.engine.decode(token, pos)
+            token = sampler(logits)
+            if on_step:
+                on_step(StepResult(token, logits))
+            if token in self.stop_ids:
+                return
+            yield token
+            pos += 1
+
+    def stream(self, prompt: str, max_new_tokens: int = 128, sampling: SamplingParams | None = None,
+               chat: bool = False) -> Iterator[str]:
+        """Yields text pieces as they become complete characters."""
+        out: list[int] = []
+        shown = ""
+        for token in self.generate_ids(self.encode(prompt, chat), max_new_tokens, sampling):
+            out.append(token)
+            text = self.tokenizer.decode(out, skip_special_tokens=True)
+            if text.endswith("\ufffd"):  # a multi-byte character split across tokens
+                continue
+            yield text[len(shown):]
+            shown = text
+
+    def generate(self, prompt: str, max_new_tokens: int = 128, sampling: SamplingParams | None = None,
+                 chat: bool = False) -> str:
+        return "".join(self.stream(prompt, max_new_tokens, sampling, chat))
+
+
+def render_chat(template: str, messages: list[dict]) -> str:
+    """Jinja chat templates run sandboxed: a bundle's template is data, not code."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = _template_error
+    return env.from_string(template).render(messages=messages, bos_token="<bos>", eos_token="<eos>",
+                                            add_generation_prompt=True)
+
+
+def _template_error(message: str):
+    raise EdgepackError(f"chat template: {message}")

@@ -1,0 +1,156 @@
+"""Tiny random checkpoints in the real Hugging Face layouts, made with transformers (never committed).
+
+- Gemma 3n multimodal (`Gemma3nForConditionalGeneration.save_pretrained` layout: text decoder under
+  `model.language_model.*`, an audio tower and the vision/audio embedders beside it). The vision
+  tower itself needs timm/torchvision, which don't load here (toolchain.md), so it is absent.
+- Gemma 3n `Gemma3nForCausalLM`, another shape.
+- Gemma 3 `Gemma3ForCausalLM`.
+
+All use the real Gemma tokenizer (262,144 pieces, from the 270M GGUF); Gemma 3n's vocabulary is
+262,400, so its tokenizer gets the 256 extra special tokens the real one has.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+SLIDING = "sliding_attention"
+FULL = "full_attention"
+
+
+def randomize(model: torch.nn.Module, seed: int, std: float = 0.05) -> None:
+    """Random weights with every path live: transformers' init leaves some scales at zero
+    (AltUp's correct_output_scale), and the padding row of embeddings at zero."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.add_(torch.randn(p.shape, generator=g) * std)
+
+
+def gemma3n_text_config(**overrides):
+    from transformers import Gemma3nTextConfig
+
+    base = dict(
+        vocab_size=262_400, vocab_size_per_layer_input=262_144, hidden_size=64,
+        hidden_size_per_layer_input=8, intermediate_size=[128] * 7, num_hidden_layers=7,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=8,
+        num_kv_shared_layers=3, laurel_rank=8, altup_num_inputs=4, max_position_embeddings=4096,
+        activation_sparsity_pattern=[0.95, 0.95, 0.95, 0.0, 0.0, 0.0, 0.0],
+        layer_types=[SLIDING, SLIDING, FULL, SLIDING, SLIDING, FULL, SLIDING],
+        eos_token_id=[1, 106],
+    )
+    base.update(overrides)
+    return Gemma3nTextConfig(**base)
+
+
+def _save(folder: Path, tensors: dict, config: dict, tokenizer_json: str, chat_template: str | None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in tensors.items()}
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    (folder / "tokenizer.json").write_text(tokenizer_json)
+    if chat_template:
+        (folder / "chat_template.jinja").write_text(chat_template)
+    return folder
+
+
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "<start_of_turn>{{ role }}\n{{ message['content'] | trim }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def make_gemma3n_multimodal(folder: Path, tokenizer_json: str, seed: int = 1) -> Path:
+    from transformers import Gemma3nAudioConfig, Gemma3nConfig, Gemma3nForCausalLM, Gemma3nVisionConfig
+    from transformers.models.gemma3n.modeling_gemma3n import Gemma3nAudioEncoder, Gemma3nMultimodalEmbedder
+
+    text = gemma3n_text_config()
+    lm = Gemma3nForCausalLM(text)
+    randomize(lm, seed)
+    tensors = {f"model.language_model.{k[len('model.'):]}": v for k, v in lm.state_dict().items()
+               if k.startswith("model.")}
+    audio_cfg = Gemma3nAudioConfig(hidden_size=32, conf_num_attention_heads=2, conf_num_hidden_layers=1,
+                                   sscp_conv_channel_size=[8, 8], conf_conv_kernel_size=3)
+    vision_cfg = Gemma3nVisionConfig(hidden_size=32)
+    tensors |= {f"model.audio_tower.{k}": v for k, v in Gemma3nAudioEncoder(audio_cfg).state_dict().items()}
+    tensors |= {f"model.embed_audio.{k}": v for k, v in Gemma3nMultimodalEmbedder(audio_cfg, text).state_dict().items()}
+    tensors |= {f"model.embed_vision.{k}": v
+                for k, v in Gemma3nMultimodalEmbedder(vision_cfg, text).state_dict().items()}
+    cfg = Gemma3nConfig(text_config=text.to_dict(), audio_config=audio_cfg.to_dict(),
+                        vision_config=vision_cfg.to_dict()).to_dict()
+    cfg["architectures"] = ["Gemma3nForConditionalGeneration"]
+    return _save(folder, tensors, cfg, extend_vocab(tokenizer_json, 262_400), GEMMA_CHAT_TEMPLATE)
+
+
+def make_gemma3n_causal(folder: Path, tokenizer_json: str, seed: int = 2) -> Path:
+    from transformers import Gemma3nForCausalLM
+
+    text = gemma3n_text_config(
+        hidden_size=96, hidden_size_per_layer_input=16, intermediate_size=[192, 192, 160, 160, 128, 128],
+        num_hidden_layers=6, num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=6,
+        num_kv_shared_layers=2, activation_sparsity_pattern=[0.95, 0.0, 0.0, 0.0, 0.0, 0.0],
+        layer_types=[SLIDING, FULL, SLIDING, FULL, SLIDING, FULL],
+    )
+    lm = Gemma3nForCausalLM(text)
+    randomize(lm, seed)
+    cfg = text.to_dict()
+    cfg["architectures"] = ["Gemma3nForCausalLM"]
+    tensors = {k: v for k, v in lm.state_dict().items() if not k.startswith("lm_head")}
+    return _save(folder, tensors, cfg, extend_vocab(tokenizer_json, 262_400), GEMMA_CHAT_TEMPLATE)
+
+
+def make_gemma3(folder: Path, tokenizer_json: str, seed: int = 3) -> Path:
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    text = Gemma3TextConfig(
+        vocab_size=262_144, hidden_size=64, intermediate_size=128, num_hidden_layers=6,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=8,
+        query_pre_attn_scalar=16, max_position_embeddings=4096, eos_token_id=[1, 106],
+    )
+    lm = Gemma3ForCausalLM(text)
+    randomize(lm, seed)
+    cfg = text.to_dict()
+    cfg["architectures"] = ["Gemma3ForCausalLM"]
+    tensors = {k: v for k, v in lm.state_dict().items() if not k.startswith("lm_head")}
+    return _save(folder, tensors, cfg, tokenizer_json, GEMMA_CHAT_TEMPLATE)
+
+
+def extend_vocab(tokenizer_json: str, size: int) -> str:
+    """Gemma 3n's tokenizer carries special tokens up to id 262,399 (audio/image soft tokens)."""
+    from tokenizers import AddedToken, Tokenizer
+
+    tok = Tokenizer.from_str(tokenizer_json)
+    extra = size - tok.get_vocab_size()
+    tok.add_special_tokens([AddedToken(f"<unused_mm_{i}>", special=True) for i in range(extra)])
+    assert tok.get_vocab_size() == size
+    return tok.to_str()
+
+
+def load_reference(folder: Path):
+    """The transformers model for a fixture, in fp32 (the numerical reference)."""
+    from transformers import Gemma3ForCausalLM, Gemma3nForCausalLM, Gemma3nTextConfig, Gemma3TextConfig
+
+    cfg = json.loads((folder / "config.json").read_text())
+    arch = cfg["architectures"][0]
+    from safetensors.torch import load_file
+
+    sd = {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
+    if arch == "Gemma3nForConditionalGeneration":
+        model = Gemma3nForCausalLM(Gemma3nTextConfig(**cfg["text_config"]))
+        sd = {"model." + k[len("model.language_model."):]: v for k, v in sd.items()
+              if k.startswith("model.language_model.")}
+    elif arch == "Gemma3nForCausalLM":
+        model = Gemma3nForCausalLM(Gemma3nTextConfig.from_dict(cfg))
+    else:
+        model = Gemma3ForCausalLM(Gemma3TextConfig.from_dict(cfg))
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    assert set(missing) <= {"lm_head.weight"}, missing
+    assert not unexpected, unexpected
+    model.tie_weights()
+    return model.float().eval()
