@@ -88,7 +88,7 @@ def export(source: str | Path, out: str | Path, opts: ExportOptions, log=print) 
             "model": {
                 "family": src.family,
                 "architecture": src.architecture,
-                "source": str(src.path),
+                "source": src.path.name,
                 "config": dataclasses.asdict(cfg),
             },
             "max_context": opts.max_context,
@@ -111,7 +111,6 @@ def export(source: str | Path, out: str | Path, opts: ExportOptions, log=print) 
                 "stop_ids": stop_ids,
             },
             "chat_template": src.chat_template,
-            "default_prompt_format": "chat" if src.chat_template else "plain",
             "files": files,
         }
         bundle.write_manifest(stage, manifest)

@@ -1,0 +1,129 @@
+"""The bundle format: manifest against the files, PLE kept out of the graph, KV sharing honoured,
+atomic export, the Python API's streaming, the chat template against transformers'."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from edgepack import contract
+from edgepack.bundle import Bundle
+from edgepack.errors import EdgepackError
+
+
+def test_inspect_json_lists_every_file_with_its_sha256(bundle, capsys):
+    from edgepack.cli import main
+
+    folder = bundle("gemma3n_causal", "onnx")
+    assert main(["inspect", str(folder), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    on_disk = sorted(p.name for p in folder.iterdir() if p.name != "manifest.json")
+    assert sorted(f["path"] for f in info["files"]) == on_disk
+    for f in info["files"]:
+        data = (folder / f["path"]).read_bytes()
+        assert f["size"] == len(data)
+        assert f["sha256"] == hashlib.sha256(data).hexdigest()
+    assert info["checksums"] == "verified" and info["family"] == "gemma3n"
+
+
+def test_per_layer_table_lives_outside_the_main_graph(bundle, checkpoint):
+    """The PLE table is a memory-mapped row store, byte-identical to the checkpoint's table, and no
+    constant of that size exists in the decoder graph (TFLite) or its initializers (ONNX)."""
+    import onnx
+    from ai_edge_litert import schema_py_generated as tfl
+    from safetensors.torch import load_file
+
+    table = load_file(str(checkpoint("gemma3n_multimodal") / "model.safetensors"))[
+        "model.language_model.embed_tokens_per_layer.weight"].float().numpy()
+    for fmt in ("litertlm", "onnx"):
+        b = Bundle(bundle("gemma3n_multimodal", fmt))
+        spec = b.manifest["row_stores"]["per_layer_embeddings"]
+        stored = np.memmap(b.file(spec["file"]), np.float32, "r", spec["offset"], tuple(spec["shape"]))
+        np.testing.assert_array_equal(stored, table)
+    onnx_model = onnx.load(str(bundle("gemma3n_multimodal", "onnx") / "model.onnx"), load_external_data=False)
+    assert all(tuple(i.dims) != table.shape for i in onnx_model.graph.initializer)
+    b = Bundle(bundle("gemma3n_multimodal", "litertlm"))
+    main = next(s for s in b.manifest["graph"]["sections"] if s["model_type"] == "tf_lite_prefill_decode")
+    blob = b.file("model.litertlm").read_bytes()[main["offset"]:main["offset"] + main["size"]]
+    model = tfl.Model.GetRootAsModel(blob, 0)
+    sizes = {model.Buffers(i).Size() or model.Buffers(i).DataLength() for i in range(model.BuffersLength())}
+    assert table.nbytes not in sizes
+
+
+def test_only_cache_owning_layers_have_cache_tensors(bundle):
+    """7 layers with the last 3 KV-shared: caches for layers 0-3 only, in both formats."""
+    import onnx
+    from ai_edge_litert.interpreter import Interpreter
+
+    b = Bundle(bundle("gemma3n_multimodal", "litertlm"))
+    assert b.manifest["graph"]["cache_layers"] == [0, 1, 2, 3]
+    main = next(s for s in b.manifest["graph"]["sections"] if s["model_type"] == "tf_lite_prefill_decode")
+    with open(b.file("model.litertlm"), "rb") as f:
+        f.seek(main["offset"])
+        interp = Interpreter(model_content=f.read(main["size"]))
+    sigs = interp.get_signature_list()
+    assert set(sigs) == {"prefill_8", "decode"}
+    expected = {contract.k_cache_name(i) for i in range(4)} | {contract.v_cache_name(i) for i in range(4)}
+    decode_inputs = set(sigs["decode"]["inputs"])
+    assert {n for n in decode_inputs if n.startswith("kv_cache")} == expected
+    assert decode_inputs - expected == {"embeddings", "per_layer_embeddings", "input_pos", "mask"}
+    assert set(sigs["decode"]["outputs"]) == expected | {"logits"}
+    onnx_inputs = {i.name for i in onnx.load(str(bundle("gemma3n_multimodal", "onnx") / "model.onnx"),
+                                             load_external_data=False).graph.input}
+    assert {n for n in onnx_inputs if n.startswith("kv_cache")} == expected
+
+
+def test_failed_export_leaves_nothing(tmp_path, checkpoint, monkeypatch):
+    from edgepack.converters import export as export_mod
+    from edgepack.converters import onnx_export
+
+    def boom(model, cfg, cache_len, out):
+        out.write_bytes(b"half a model")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(onnx_export, "export", boom)
+    target = tmp_path / "b"
+    with pytest.raises(RuntimeError):
+        export_mod.export(checkpoint("gemma3"), target, export_mod.ExportOptions(format="onnx", max_context=64, prefill_len=8))
+    assert list(tmp_path.iterdir()) == []  # no bundle, no staging folder
+
+
+def test_existing_bundle_is_not_replaced_without_force(tmp_path, bundle, checkpoint):
+    import shutil
+
+    from edgepack.converters.export import ExportOptions, export
+
+    target = tmp_path / "b"
+    shutil.copytree(bundle("gemma3", "onnx"), target)
+    with pytest.raises(EdgepackError, match="already exists"):
+        export(checkpoint("gemma3"), target, ExportOptions(format="onnx", max_context=64, prefill_len=8))
+    Bundle(target).verify()
+
+
+def test_stream_pieces_concatenate_to_the_decoded_text(bundle):
+    from edgepack.runtime import Generator
+
+    gen = Generator(bundle("gemma3", "litertlm"))
+    pieces = list(gen.stream("The capital of France is", max_new_tokens=12))
+    ids = list(gen.generate_ids(gen.encode("The capital of France is"), 12))
+    assert len(pieces) >= 2
+    assert "".join(pieces) == gen.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_chat_template_renders_like_transformers(bundle, checkpoint):
+    from transformers import PreTrainedTokenizerFast
+
+    from edgepack.runtime import Generator
+
+    folder = checkpoint("gemma3n_causal")
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), bos_token="<bos>",
+                                 eos_token="<eos>")
+    hf.chat_template = (folder / "chat_template.jinja").read_text()
+    messages = [{"role": "user", "content": "Name a planet."}]
+    want = hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    gen = Generator(bundle("gemma3n_causal", "onnx"))
+    assert gen.encode("Name a planet.", chat=True) == list(want)
+    assert 106 in gen.stop_ids  # <end_of_turn> ends a chat reply
