@@ -7,6 +7,7 @@ memory-mapped embedding stores, the tokenizer and the manifest, all staged and r
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from tqdm import tqdm
 
 from edgepack import bundle
 from edgepack.converters import sources
+from edgepack.converters.progress import Stages
 from edgepack.converters.models import gemma3, gemma3n
 from edgepack.errors import EdgepackError
 
@@ -30,6 +32,7 @@ class ExportOptions:
     max_context: int = 2048
     prefill_len: int = 128
     force: bool = False
+    verbose: bool = False  # show the converters' own output instead of logging it
 
 
 def build_decoder(src: sources.Source, backend: str):
@@ -72,14 +75,15 @@ def export(source: str | Path, out: str | Path, opts: ExportOptions, log=print) 
 
     backend = "tflite" if opts.format == "litertlm" else "onnx"
     model, cfg = build_decoder(src, backend)
+    stages = Stages(opts.verbose)
     out = Path(out)
     with bundle.staging(out, force=opts.force) as stage:
         (stage / "tokenizer.json").write_text(src.tokenizer_json)
         stop_ids = sorted(set(src.eos_ids) | ({106} if src.chat_template else set()))
         if opts.format == "onnx":
-            extra = _write_onnx(stage, model, cfg, src, opts)
+            extra = _write_onnx(stage, model, cfg, src, opts, stages)
         else:
-            extra = _write_litertlm(stage, model, cfg, src, opts, stop_ids)
+            extra = _write_litertlm(stage, model, cfg, src, opts, stop_ids, stages)
         files = [bundle.file_entry(stage, f["path"], f["role"]) for f in extra["files"]]
         files.append(bundle.file_entry(stage, "tokenizer.json", "tokenizer"))
         manifest = {
@@ -114,6 +118,7 @@ def export(source: str | Path, out: str | Path, opts: ExportOptions, log=print) 
             "files": files,
         }
         bundle.write_manifest(stage, manifest)
+    stages.finish()
     log(f"wrote {out} ({opts.format}) in {time.time() - t0:.0f} s")
     return out
 
@@ -126,11 +131,11 @@ def _row_store(file: str, offset: int, table: np.ndarray, scale: float) -> dict:
     return {"file": file, "offset": int(offset), "dtype": "float32", "shape": list(table.shape), "scale": scale}
 
 
-def _write_onnx(stage: Path, model, cfg, src, opts: ExportOptions) -> dict:
+def _write_onnx(stage: Path, model, cfg, src, opts: ExportOptions, stages: Stages) -> dict:
     from edgepack.converters import onnx_export
 
-    print("lowering to ONNX ...", file=sys.stderr)
-    onnx_export.export(model, cfg, opts.max_context, stage / "model.onnx")
+    with stages.stage("lowering to ONNX"):
+        onnx_export.export(model, cfg, opts.max_context, stage / "model.onnx")
     files = [{"path": "model.onnx", "role": "graph"}, {"path": "model.onnx.data", "role": "weights"}]
     row_stores = {}
     if src.family == "gemma3n":
@@ -144,27 +149,29 @@ def _write_onnx(stage: Path, model, cfg, src, opts: ExportOptions) -> dict:
             "files": files, "row_stores": row_stores}
 
 
-def _write_litertlm(stage: Path, model, cfg, src, opts: ExportOptions, stop_ids: list[int]) -> dict:
+def _write_litertlm(stage: Path, model, cfg, src, opts: ExportOptions, stop_ids: list[int],
+                    stages: Stages) -> dict:
     from edgepack.converters import litertlm_export as lx
 
     work = stage / "work"
     work.mkdir()
     models = {"prefill_decode": work / "model.tflite"}
-    print("lowering to TFLite (prefill + decode) ...", file=sys.stderr)
-    lx.convert_main(model, cfg, opts.prefill_len, opts.max_context, models["prefill_decode"])
+    with stages.stage(f"lowering to TFLite (prefill_{opts.prefill_len} + decode)"):
+        lx.convert_main(model, cfg, opts.prefill_len, opts.max_context, models["prefill_decode"])
     tables = {}
     if src.family == "gemma3n":
         tables["embeddings"] = model.model.embed_tokens.weight.detach().numpy()
         tables["per_layer_embeddings"] = _per_layer_table(src)
-        print("lowering the embedders ...", file=sys.stderr)
-        lx.convert_single(gemma3n.Embedder(torch.from_numpy(tables["embeddings"]), float(np.sqrt(cfg.hidden_size))),
-                          "embedder", work / "embedder.tflite")
-        lx.convert_single(gemma3n.PerLayerEmbedder(torch.from_numpy(tables["per_layer_embeddings"]), cfg),
-                          "per_layer_embedder", work / "per_layer_embedder.tflite")
+        with stages.stage("lowering the embedder and per-layer embedder"):
+            lx.convert_single(gemma3n.Embedder(torch.from_numpy(tables["embeddings"]),
+                                               float(np.sqrt(cfg.hidden_size))), "embedder", work / "embedder.tflite")
+            lx.convert_single(gemma3n.PerLayerEmbedder(torch.from_numpy(tables["per_layer_embeddings"]), cfg),
+                              "per_layer_embedder", work / "per_layer_embedder.tflite")
         models["embedder"] = work / "embedder.tflite"
         models["per_layer_embedder"] = work / "per_layer_embedder.tflite"
     metadata = lx.llm_metadata(src.family, src.bos_id, stop_ids, opts.max_context, src.chat_template)
-    lx.package(stage / "model.litertlm", work, src.family, stage / "tokenizer.json", metadata, models)
+    with stages.stage("packaging model.litertlm"):
+        lx.package(stage / "model.litertlm", work, src.family, stage / "tokenizer.json", metadata, models)
 
     sections = lx.read_sections(stage / "model.litertlm")
     row_stores = {}
@@ -177,8 +184,6 @@ def _write_litertlm(stage: Path, model, cfg, src, opts: ExportOptions, stop_ids:
             sec = next(s for s in sections if s["model_type"] == owners[name])
             inner = lx.constant_offset(blob[sec["offset"]:sec["offset"] + sec["size"]], table)
             row_stores[name] = _row_store("model.litertlm", sec["offset"] + inner, table, scales[name])
-    import shutil
-
     shutil.rmtree(work)
     return {"graph_file": "model.litertlm", "prefill_lengths": [opts.prefill_len],
             "inputs": "embeddings" if src.family == "gemma3n" else "tokens",

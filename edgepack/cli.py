@@ -26,6 +26,7 @@ def _export(a) -> None:
 
     export(resolve(a.source), a.output, ExportOptions(
         format=a.format, quant=a.quant, max_context=a.max_context, prefill_len=a.prefill_len, force=a.force,
+        verbose=a.verbose,
     ), log=lambda m: print(m, file=sys.stderr))
 
 
@@ -74,6 +75,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--prefill-len", type=int, default=128,
                    help="tokens per prefill call of the TFLite graph; longer prompts go in chunks (default: 128)")
     e.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    e.add_argument("--verbose", action="store_true",
+                   help="show the converters' own output (otherwise logged, and the log named on failure)")
     e.set_defaults(func=_export)
 
     r = sub.add_parser("run", help="generate text from a bundle",

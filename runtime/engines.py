@@ -164,4 +164,6 @@ class LiteRTEngine(Engine):
 
 
 def open_engine(b: Bundle, threads: int | None = None) -> Engine:
+    if threads is not None and threads < 1:
+        raise EdgepackError(f"--threads must be >= 1, got {threads}")
     return (OnnxEngine if b.format == "onnx" else LiteRTEngine)(b, threads)

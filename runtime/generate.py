@@ -38,6 +38,7 @@ class Generator:
         self.stop_ids = set(int(i) for i in tok["stop_ids"])
         self.chat_template = self.bundle.manifest.get("chat_template")
         self.engine = open_engine(self.bundle, threads)
+        self.hit_context_limit = False  # set when the last generation ran into max_context
 
     @property
     def max_context(self) -> int:

@@ -80,7 +80,7 @@ def rope_settings(cfg: dict, default_global: float, default_local: float) -> tup
     params = cfg.get("rope_parameters")
     theta, factor = {}, {}
     for kind, default in (("full_attention", default_global), ("sliding_attention", default_local)):
-        p = (params or {}).get(kind) if isinstance(params, dict) and kind in (params or {}) else None
+        p = params.get(kind) if isinstance(params, dict) else None
         if p is None:
             legacy = cfg.get("rope_theta" if kind == "full_attention" else "rope_local_base_freq")
             scaling = cfg.get("rope_scaling") if kind == "full_attention" else None

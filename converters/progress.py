@@ -1,0 +1,58 @@
+"""What a user sees during export: one line per stage with its time. The converters' own output
+(litert-torch's progress tree, C++ logs, deprecation warnings) goes to a log file that is kept and
+named when a stage fails; `--verbose` shows it live instead."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+
+class Stages:
+    def __init__(self, verbose: bool = False):
+        self.verbose = verbose
+        fd, name = tempfile.mkstemp(prefix="edgepack-export-", suffix=".log")
+        os.close(fd)
+        self.log = Path(name)
+
+    @contextlib.contextmanager
+    def stage(self, what: str) -> Iterator[None]:
+        print(f"{what} ...", file=sys.stderr, flush=True)
+        t0 = time.time()
+        try:
+            with self._captured():
+                yield
+        except BaseException:
+            print(f"{what} failed; the converters' output is in {self.log}", file=sys.stderr)
+            raise
+        print(f"{what}: done in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def _captured(self) -> Iterator[None]:
+        if self.verbose:
+            yield
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        with open(self.log, "ab") as f:
+            os.dup2(f.fileno(), 1)
+            os.dup2(f.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+                for fd in saved:
+                    os.close(fd)
+
+    def finish(self) -> None:
+        """Success: the log has nothing the user needs."""
+        self.log.unlink(missing_ok=True)
