@@ -44,7 +44,8 @@ def staging(target: Path, force: bool = False) -> Iterator[Path]:
     if target.exists() and not force:
         raise EdgepackError(f"{target} already exists (use --force to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    _remove_abandoned_stages(target)
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{os.getpid()}-", dir=target.parent))
     stage.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
     try:
         yield stage
@@ -60,6 +61,18 @@ def staging(target: Path, force: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+def _remove_abandoned_stages(target: Path) -> None:
+    """Staging folders of exports that were killed (their process is gone) are garbage."""
+    for old in target.parent.glob(f".{target.name}.partial-*"):
+        try:
+            pid = int(old.name.rsplit(".partial-", 1)[1].split("-")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(old, ignore_errors=True)
+        except (ValueError, PermissionError):
+            continue  # not ours to judge
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:

@@ -127,3 +127,33 @@ def test_chat_template_renders_like_transformers(bundle, checkpoint):
     gen = Generator(bundle("gemma3n_causal", "onnx"))
     assert gen.encode("Name a planet.", chat=True) == list(want)
     assert 106 in gen.stop_ids  # <end_of_turn> ends a chat reply
+
+
+def test_killed_export_leaves_no_bundle_and_is_cleaned_up(tmp_path, checkpoint, capsys):
+    """SIGKILL in the middle of an export: the target is not a bundle; the next export to the same
+    target removes the dead export's staging folder."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from edgepack.cli import main
+
+    target = tmp_path / "b"
+    cmd = [sys.executable, "-m", "edgepack.cli", "export", str(checkpoint("gemma3")), "--format", "onnx",
+           "-o", str(target), "--max-context", "64", "--prefill-len", "8"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".b.partial-*")) and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # well into lowering
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(tmp_path.glob(".b.partial-*")), "the export was killed before it staged anything"
+    assert not target.exists()
+    assert main(["inspect", str(target)]) == 2
+    capsys.readouterr()
+    assert main(["export", str(checkpoint("gemma3")), "--format", "onnx", "-o", str(target),
+                 "--max-context", "64", "--prefill-len", "8"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+    Bundle(target).verify()
