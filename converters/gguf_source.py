@@ -95,8 +95,8 @@ def open_gguf(path: Path) -> Source:
         w = w.reshape([int(d) for d in reversed(t.shape.tolist())])
         return w - 1.0 if name.endswith("norm.weight") else w
 
-    return Source(path, "gemma3", "Gemma3ForCausalLM (GGUF)", config, sorted(tensors), read,
-                  _tokenizer_json(path), _field(reader, "tokenizer.chat_template"), [], "gguf")
+    return Source(path, "gemma3", "Gemma3ForCausalLM (GGUF)", config, read, _tokenizer_json(path),
+                  _field(reader, "tokenizer.chat_template"), [], "gguf")
 
 
 def _tokenizer_json(path: Path) -> str:

@@ -22,7 +22,7 @@ from edgepack import contract
 from edgepack.errors import EdgepackError
 
 
-def sample_inputs(model, cfg, length: int, cache_len: int, embeddings: bool) -> dict:
+def sample_inputs(cfg, length: int, cache_len: int, embeddings: bool) -> dict:
     n = cfg.num_key_value_heads
     kv = {}
     for i in cfg.cache_layers:
@@ -51,9 +51,9 @@ def convert_main(model, cfg, prefill_len: int, cache_len: int, out: Path) -> Non
     edge = (
         litert_torch.signature(
             contract.prefill_signature(prefill_len), prefill,
-            sample_kwargs=sample_inputs(model, cfg, prefill_len, cache_len, embeddings),
+            sample_kwargs=sample_inputs(cfg, prefill_len, cache_len, embeddings),
         )
-        .signature(contract.DECODE, model, sample_kwargs=sample_inputs(model, cfg, 1, cache_len, embeddings))
+        .signature(contract.DECODE, model, sample_kwargs=sample_inputs(cfg, 1, cache_len, embeddings))
         .convert()
     )
     edge.export(str(out))

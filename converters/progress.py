@@ -40,7 +40,10 @@ class Stages:
         sys.stdout.flush()
         sys.stderr.flush()
         saved = os.dup(1), os.dup(2)
-        with open(self.log, "ab") as f:
+        # Both levels: C++ logs write to the file descriptors, Python code (litert-torch's progress
+        # tree, warnings) to sys.stdout/sys.stderr, which an embedding app may have replaced.
+        with open(self.log, "ab") as f, open(self.log, "a", buffering=1) as text, \
+                contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
             os.dup2(f.fileno(), 1)
             os.dup2(f.fileno(), 2)
             try:

@@ -33,7 +33,6 @@ class Source:
     family: str  # "gemma3" | "gemma3n"
     architecture: str
     config: dict  # the text decoder's HF config
-    tensor_names: list[str]  # HF names, text decoder only, prefix normalised to "model."
     read: Callable[[str], np.ndarray]  # HF name ("model....") -> float32 array
     tokenizer_json: str
     chat_template: str | None
@@ -103,8 +102,7 @@ def _open_hf_dir(p: Path) -> Source:
         return h.get_tensor(key).to(torch.float32).numpy()
 
     tokenizer_json, template = _hf_tokenizer(p)
-    return Source(p, family, arch, config, sorted(where), read, tokenizer_json, template,
-                  sorted(skipped), "safetensors")
+    return Source(p, family, arch, config, read, tokenizer_json, template, sorted(skipped), "safetensors")
 
 
 def _hf_tokenizer(p: Path) -> tuple[str, str | None]:

@@ -17,6 +17,7 @@ EPILOG = """examples:
   edgepack export ~/models/gemma-3n-E2B-it --format onnx -o bundles/e2b-onnx
   edgepack run bundles/gemma-3-270m --prompt "The capital of France is"
   edgepack inspect bundles/gemma-3-270m
+  edgepack eval bundles/gemma-3-270m --text /usr/share/common-licenses/GPL-3 --reference gemma-3-270m
 """
 
 
@@ -32,10 +33,11 @@ def _export(a) -> None:
 
 def _run(a) -> None:
     from edgepack.runtime import Generator, SamplingParams
+    from edgepack.runtime.generate import check_max_new_tokens
 
+    # Checked before loading: a bundle can take seconds to load.
     sampling = SamplingParams(a.temperature, a.top_k, a.top_p, a.seed).validate()
-    if a.max_new_tokens < 1:
-        raise EdgepackError(f"--max-new-tokens must be >= 1, got {a.max_new_tokens}")
+    check_max_new_tokens(a.max_new_tokens)
     gen = Generator(a.bundle, threads=a.threads, verify=not a.no_verify)
     for piece in gen.stream(a.prompt, a.max_new_tokens, sampling, chat=a.chat):
         sys.stdout.write(piece)
@@ -43,6 +45,24 @@ def _run(a) -> None:
     sys.stdout.write("\n")
     if gen.hit_context_limit:
         print(f"edgepack: stopped at the bundle's context limit ({gen.max_context} tokens)", file=sys.stderr)
+
+
+def _eval(a) -> None:
+    from pathlib import Path
+
+    from edgepack.runtime.evaluate import evaluate
+
+    text = Path(a.text).expanduser()
+    if not text.is_file():
+        raise EdgepackError(f"text file not found: {text}")
+    result = evaluate(a.bundle, text.read_text(errors="replace"), a.tokens, a.reference, a.threads)
+    if a.json:
+        print(json.dumps(result.as_dict(), indent=2))
+        return
+    print(f"perplexity {result.perplexity:.3f} over {result.tokens} tokens")
+    if a.reference:
+        print(f"reference perplexity {result.reference_perplexity:.3f}; top-1 agreement "
+              f"{100 * result.top1_agreement:.2f}%; mean KL(reference || bundle) {result.mean_kl:.5f} nats")
 
 
 def _inspect(a) -> None:
@@ -93,6 +113,18 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores available)")
     r.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle files")
     r.set_defaults(func=_run)
+
+    v = sub.add_parser("eval", help="perplexity of a bundle on a text; agreement with a reference",
+                       description="Scores <bos> + the first N-1 tokens of a text file through the bundle, one "
+                                   "token at a time. With --reference (another bundle, a checkpoint folder, a "
+                                   ".gguf or gemma-3-270m, run by transformers) also top-1 agreement and mean KL.")
+    v.add_argument("bundle", help="bundle folder")
+    v.add_argument("--text", required=True, help="UTF-8 text file, e.g. /usr/share/common-licenses/GPL-3")
+    v.add_argument("--tokens", type=int, default=2048, help="positions including <bos> (default: 2048)")
+    v.add_argument("--reference", help="bundle folder or checkpoint to compare against")
+    v.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores available)")
+    v.add_argument("--json", action="store_true", help="machine-readable output")
+    v.set_defaults(func=_eval)
 
     i = sub.add_parser("inspect", help="summarise a bundle and verify its checksums")
     i.add_argument("bundle", help="bundle folder")

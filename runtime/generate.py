@@ -57,8 +57,7 @@ class Generator:
                      on_step: Callable[[StepResult], None] | None = None) -> Iterator[int]:
         """Yields generated token ids; stops at a stop id (not yielded), max_new_tokens or the
         context limit. `on_step` sees every step's logits (tests compare them with transformers)."""
-        if max_new_tokens < 1:
-            raise EdgepackError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+        check_max_new_tokens(max_new_tokens)
         if not ids:
             raise EdgepackError("empty prompt")
         if len(ids) > self.max_context:
@@ -102,6 +101,11 @@ class Generator:
     def generate(self, prompt: str, max_new_tokens: int = 128, sampling: SamplingParams | None = None,
                  chat: bool = False) -> str:
         return "".join(self.stream(prompt, max_new_tokens, sampling, chat))
+
+
+def check_max_new_tokens(n: int) -> None:
+    if n < 1:
+        raise EdgepackError(f"--max-new-tokens must be >= 1, got {n}")
 
 
 def render_chat(template: str, messages: list[dict]) -> str:

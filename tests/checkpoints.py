@@ -27,7 +27,7 @@ def randomize(model: torch.nn.Module, seed: int, std: float = 0.05) -> None:
     (AltUp's correct_output_scale), and the padding row of embeddings at zero."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g) * std)
 
 
@@ -134,23 +134,6 @@ def extend_vocab(tokenizer_json: str, size: int) -> str:
 
 def load_reference(folder: Path):
     """The transformers model for a fixture, in fp32 (the numerical reference)."""
-    from transformers import Gemma3ForCausalLM, Gemma3nForCausalLM, Gemma3nTextConfig, Gemma3TextConfig
+    from edgepack.converters.reference import load_transformers
 
-    cfg = json.loads((folder / "config.json").read_text())
-    arch = cfg["architectures"][0]
-    from safetensors.torch import load_file
-
-    sd = {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
-    if arch == "Gemma3nForConditionalGeneration":
-        model = Gemma3nForCausalLM(Gemma3nTextConfig(**cfg["text_config"]))
-        sd = {"model." + k[len("model.language_model."):]: v for k, v in sd.items()
-              if k.startswith("model.language_model.")}
-    elif arch == "Gemma3nForCausalLM":
-        model = Gemma3nForCausalLM(Gemma3nTextConfig.from_dict(cfg))
-    else:
-        model = Gemma3ForCausalLM(Gemma3TextConfig.from_dict(cfg))
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    assert set(missing) <= {"lm_head.weight"}, missing
-    assert not unexpected, unexpected
-    model.tie_weights()
-    return model.float().eval()
+    return load_transformers(folder)
