@@ -23,7 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgepack.runtime.evaluate import evaluate
+
 ROOT = Path(__file__).resolve().parent.parent
+GPL3 = Path("/usr/share/common-licenses/GPL-3")
 sys.path.insert(0, str(ROOT / "tests"))
 
 PROMPTS = ["The capital of France is",
@@ -91,7 +94,8 @@ def main() -> None:
                 out = work / f"270m-{fmt}"
                 secs, rss = timed_export("gemma-3-270m", out, fmt)
                 err, same = agreement(out, ref, 16)
-                rows_270m.append((fmt, size(out), secs, rss, err, same))
+                ppl = evaluate(out, GPL3.read_text(), 2048, reference=str(gguf))
+                rows_270m.append((fmt, size(out), secs, rss, err, same, ppl))
                 print(rows_270m[-1], flush=True)
         import checkpoints as ck
         from conftest import gemma_gguf
@@ -132,8 +136,20 @@ def main() -> None:
             "| format | bundle size | export time | export peak RSS | max abs logit diff | greedy tokens equal |",
             "|---|---|---|---|---|---|",
         ]
-        for fmt, sz, secs, rss, err, same in rows_270m:
+        for fmt, sz, secs, rss, err, same, _ in rows_270m:
             lines.append(f"| {fmt} | {mib(sz)} | {secs:.0f} s | {gib(rss)} | {err:.2e} | {'yes' if same else 'NO'} |")
+        lines += [
+            "",
+            "Perplexity on `<bos>` + the first 2,047 tokens of /usr/share/common-licenses/GPL-3 (2,048 positions, "
+            "4x the 512-token sliding window), as `edgepack eval BUNDLE --text GPL-3 --reference gemma-3-270m` "
+            "prints it; the reference is transformers on the same GGUF.",
+            "",
+            "| format | perplexity | transformers | top-1 agreement | mean KL (nats) |",
+            "|---|---|---|---|---|",
+        ]
+        for fmt, *_, ppl in rows_270m:
+            lines.append(f"| {fmt} | {ppl.perplexity:.3f} | {ppl.reference_perplexity:.3f} | "
+                         f"{100 * ppl.top1_agreement:.2f}% | {ppl.mean_kl:.2e} |")
         lines.append("")
     lines += [
         "## Tiny random checkpoints (test fixtures, tests/checkpoints.py)",

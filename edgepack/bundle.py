@@ -38,8 +38,9 @@ def file_entry(folder: Path, name: str, role: str) -> dict:
 
 
 @contextlib.contextmanager
-def staging(target: Path, force: bool = False) -> Iterator[Path]:
-    """Yields an empty folder; on success it becomes `target`, on any failure it is removed."""
+def staging(target: Path, force: bool = False, complete_when: str = MANIFEST) -> Iterator[Path]:
+    """Yields an empty folder; on success it becomes `target`, on any failure it is removed.
+    `complete_when` names the file written last (a bundle's manifest, a checkpoint's config)."""
     target = target.resolve()
     if target.exists() and not force:
         raise EdgepackError(f"{target} already exists (use --force to replace it)")
@@ -49,8 +50,8 @@ def staging(target: Path, force: bool = False) -> Iterator[Path]:
     stage.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
     try:
         yield stage
-        if not (stage / MANIFEST).exists():
-            raise EdgepackError("internal error: bundle staged without a manifest")
+        if not (stage / complete_when).exists():
+            raise EdgepackError(f"internal error: staged without {complete_when}")
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             target.rename(old)

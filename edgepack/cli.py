@@ -31,6 +31,14 @@ def _export(a) -> None:
     ), log=lambda m: print(m, file=sys.stderr))
 
 
+def _synth(a) -> None:
+    from edgepack.converters.synth import synth
+
+    synth(a.preset, a.output, seed=a.seed, towers=not a.no_towers, force=a.force,
+          log=lambda m: print(m, file=sys.stderr))
+    print(f"wrote {a.output}", file=sys.stderr)
+
+
 def _run(a) -> None:
     from edgepack.runtime import Generator, SamplingParams
     from edgepack.runtime.generate import check_max_new_tokens
@@ -98,6 +106,18 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--verbose", action="store_true",
                    help="show the converters' own output (otherwise logged, and the log named on failure)")
     e.set_defaults(func=_export)
+
+    y = sub.add_parser("synth", help="write a random-weight checkpoint with a real model's exact layout",
+                       description="Writes config.json, tokenizer.json and bf16 safetensors shards with the real "
+                                   "checkpoint's tensor names and shapes (random weights: the text is meaningless, "
+                                   "memory and speed are real). Streams tensor by tensor; the vision tower is never "
+                                   "written (timm can't be built here).")
+    y.add_argument("--preset", required=True, choices=["gemma-3n-E2B", "gemma-3n-E4B", "gemma-3-270m"])
+    y.add_argument("-o", "--output", required=True, help="checkpoint folder to write (written atomically)")
+    y.add_argument("--seed", type=int, default=0)
+    y.add_argument("--no-towers", action="store_true", help="Gemma 3n: leave out the audio tower and embedders")
+    y.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    y.set_defaults(func=_synth)
 
     r = sub.add_parser("run", help="generate text from a bundle",
                        description="Generate a completion, streamed to stdout. Plain-text prompts by default "

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from edgepack.converters.builtin import extend_vocab
+
 SLIDING = "sliding_attention"
 FULL = "full_attention"
 
@@ -119,17 +121,6 @@ def make_gemma3(folder: Path, tokenizer_json: str, seed: int = 3) -> Path:
     cfg["architectures"] = ["Gemma3ForCausalLM"]
     tensors = {k: v for k, v in lm.state_dict().items() if not k.startswith("lm_head")}
     return _save(folder, tensors, cfg, tokenizer_json, GEMMA_CHAT_TEMPLATE)
-
-
-def extend_vocab(tokenizer_json: str, size: int) -> str:
-    """Gemma 3n's tokenizer carries special tokens up to id 262,399 (audio/image soft tokens)."""
-    from tokenizers import AddedToken, Tokenizer
-
-    tok = Tokenizer.from_str(tokenizer_json)
-    extra = size - tok.get_vocab_size()
-    tok.add_special_tokens([AddedToken(f"<unused_mm_{i}>", special=True) for i in range(extra)])
-    assert tok.get_vocab_size() == size
-    return tok.to_str()
 
 
 def load_reference(folder: Path):

