@@ -7,7 +7,6 @@ text decoder in transformers (bf16) to show activations stay finite through ever
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -18,19 +17,7 @@ from pathlib import Path
 
 import torch
 
-
-def text_decoder_bf16(folder: Path):
-    """transformers' Gemma3nForCausalLM over the multimodal checkpoint's `model.language_model.*`
-    tensors: a text-only view (text config + the same shards) loaded with a key mapping."""
-    from transformers import AutoModelForCausalLM
-
-    view = Path(tempfile.mkdtemp(prefix="text-view-"))
-    cfg = json.loads((folder / "config.json").read_text())["text_config"]
-    (view / "config.json").write_text(json.dumps(cfg | {"architectures": ["Gemma3nForCausalLM"]}))
-    for f in folder.glob("model*.safetensors*"):
-        (view / f.name).symlink_to(f.resolve())
-    return AutoModelForCausalLM.from_pretrained(str(view), dtype=torch.bfloat16,
-                                                key_mapping={r"^model\.language_model\.": "model."}).eval()
+from edgepack.converters.reference import load_transformers
 
 
 def main() -> None:
@@ -50,7 +37,7 @@ def main() -> None:
     size = sum(p.stat().st_size for p in out.iterdir()) / 2**30
     print(f"{args.preset}: wrote {size:.1f} GiB in {secs:.0f} s, writer peak RSS {rss:.2f} GiB")
     try:
-        model = text_decoder_bf16(out)
+        model = load_transformers(out, dtype=torch.bfloat16)
         with torch.no_grad():
             o = model(torch.tensor([[2, 818, 5279, 529, 7001, 563]]), output_hidden_states=True)
         rms = [float(h.float().pow(2).mean().sqrt()) for h in o.hidden_states]

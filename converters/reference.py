@@ -8,40 +8,43 @@ so a `Gemma3nForConditionalGeneration` checkpoint is loaded as its text decoder,
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 
-def load_transformers(source: str | Path):
+def load_transformers(source: str | Path, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM
 
     p = Path(source)
     if p.suffix == ".gguf":
-        return AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.float32).eval()
+        return AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=dtype).eval()
     cfg = json.loads((p / "config.json").read_text())
     if cfg["architectures"][0] in ("Gemma3nForConditionalGeneration", "Gemma3ForConditionalGeneration"):
-        return _text_decoder_of_multimodal(p, cfg)
-    return AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32).eval()
+        return _text_decoder_of_multimodal(p, cfg, dtype)
+    return AutoModelForCausalLM.from_pretrained(str(p), dtype=dtype).eval()
 
 
-def _text_decoder_of_multimodal(p: Path, cfg: dict):
-    from safetensors.torch import load_file
-    from transformers import Gemma3ForCausalLM, Gemma3nForCausalLM, Gemma3nTextConfig, Gemma3TextConfig
+def _text_decoder_of_multimodal(p: Path, cfg: dict, dtype: torch.dtype):
+    """A text-only view of the checkpoint (its text config beside links to the same shards),
+    loaded with the `model.language_model.` prefix mapped to the CausalLM's `model.`."""
+    from transformers import AutoModelForCausalLM
 
-    gemma3n = cfg["architectures"][0].startswith("Gemma3n")
-    text_cfg = (Gemma3nTextConfig if gemma3n else Gemma3TextConfig)(**cfg["text_config"])
-    model = (Gemma3nForCausalLM if gemma3n else Gemma3ForCausalLM)(text_cfg)
-    prefix = "model.language_model."
-    sd = {}
-    for f in sorted(p.glob("*.safetensors")):
-        sd |= {"model." + k[len(prefix):]: v.float() for k, v in load_file(str(f)).items() if k.startswith(prefix)}
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if set(missing) - {"lm_head.weight"} or unexpected:
-        raise ValueError(f"reference load: missing {missing}, unexpected {unexpected}")
-    model.tie_weights()
-    return model.float().eval()
+    view = Path(tempfile.mkdtemp(prefix="edgepack-text-view-"))
+    try:
+        text = cfg["text_config"]
+        arch = "Gemma3nForCausalLM" if cfg["architectures"][0].startswith("Gemma3n") else "Gemma3ForCausalLM"
+        (view / "config.json").write_text(json.dumps(text | {"architectures": [arch]}))
+        for f in p.glob("*.safetensors*"):
+            (view / f.name).symlink_to(f.resolve())
+        model = AutoModelForCausalLM.from_pretrained(str(view), dtype=dtype,
+                                                     key_mapping={r"^model\.language_model\.": "model."})
+    finally:
+        shutil.rmtree(view, ignore_errors=True)
+    return model.eval()
 
 
 def all_position_logits(source: str | Path, ids: list[int]) -> np.ndarray:
