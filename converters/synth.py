@@ -113,8 +113,8 @@ def synth(preset: str, out: Path, seed: int = 0, towers: bool = True, force: boo
     from edgepack.bundle import staging
     from edgepack.converters.builtin import gemma_tokenizer_json
 
-    family = PRESETS.get(preset, ("?",))[0]
-    config, shapes = layout(preset, towers)
+    config, shapes = layout(preset, towers)  # validates the preset name
+    family = PRESETS[preset][0]
     total = sum(math.prod(s) for s in shapes.values())
     log(f"{preset}: {len(shapes)} tensors, {total / 1e9:.3f}B parameters, {2 * total / 2**30:.1f} GiB bf16")
     rng = np.random.default_rng(seed)
