@@ -73,6 +73,14 @@ def _eval(a) -> None:
               f"{100 * result.top1_agreement:.2f}%; mean KL(reference || bundle) {result.mean_kl:.5f} nats")
 
 
+def _bench(a) -> None:
+    from edgepack.bench import bench, format_report
+
+    report = bench(a.bundle, a.prefill, a.decode, a.threads, a.compare, a.text,
+                   log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(report, indent=2) if a.json else format_report(report))
+
+
 def _inspect(a) -> None:
     from edgepack.bundle import Bundle
     from edgepack.inspect import summary
@@ -145,6 +153,21 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores available)")
     v.add_argument("--json", action="store_true", help="machine-readable output")
     v.set_defaults(func=_eval)
+
+    from edgepack.bench import DEFAULT_TEXT
+
+    k = sub.add_parser("bench", help="speed and memory of a bundle, side by side with LiteRT-LM",
+                       description="Load time, time to first token, prefill tok/s, decode tok/s (greedy) and "
+                                   "peak RSS, each engine in its own process. --compare adds LiteRT-LM on the "
+                                   "same .litertlm file.")
+    k.add_argument("bundle", help="bundle folder")
+    k.add_argument("--prefill", type=int, default=512, help="prompt tokens (default: 512)")
+    k.add_argument("--decode", type=int, default=128, help="generated tokens (default: 128)")
+    k.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores available)")
+    k.add_argument("--compare", action="store_true", help="also run LiteRT-LM on the same .litertlm")
+    k.add_argument("--text", default=str(DEFAULT_TEXT), help="where the prompt comes from")
+    k.add_argument("--json", action="store_true", help="machine-readable output")
+    k.set_defaults(func=_bench)
 
     i = sub.add_parser("inspect", help="summarise a bundle and verify its checksums")
     i.add_argument("bundle", help="bundle folder")

@@ -1,0 +1,26 @@
+"""`edgepack bench` reports every engine it ran, with the fields the docs promise (no timing
+assertions: tests check behaviour, benchmarks measure)."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_bench_reports_edgepack_and_litert_lm(bundle, capsys):
+    from edgepack.cli import main
+
+    assert main(["bench", str(bundle("gemma3n_multimodal", "litertlm")), "--prefill", "20", "--decode", "8",
+                 "--threads", "2", "--compare", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["threads"] == 2 and report["prefill_tokens"] == 20 and report["decode_tokens"] == 8
+    assert set(report["engines"]) == {"edgepack", "litert-lm"}
+    for engine in report["engines"].values():
+        for key in ("load_s", "ttft_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mib"):
+            assert engine[key] > 0, (engine, key)
+
+
+def test_bench_refuses_more_tokens_than_the_context(bundle, capsys):
+    from edgepack.cli import main
+
+    assert main(["bench", str(bundle("gemma3", "onnx")), "--prefill", "60", "--decode", "10"]) == 2
+    assert "exceeds the bundle's context (64)" in capsys.readouterr().err
