@@ -71,6 +71,7 @@ def _child(code: str, *args) -> dict:
 def bench(bundle: str | Path, prefill: int = 512, decode: int = 128, threads: int | None = None,
           compare: bool = False, text: Path = DEFAULT_TEXT, log=print) -> dict:
     from edgepack.bundle import Bundle
+    from edgepack.runtime.engines import default_threads
 
     b = Bundle(bundle)
     b.verify(checksums=False)
@@ -80,7 +81,7 @@ def bench(bundle: str | Path, prefill: int = 512, decode: int = 128, threads: in
         raise EdgepackError("--prefill must be >= 2 and --decode >= 1")
     if not Path(text).is_file():
         raise EdgepackError(f"text file not found: {text}")
-    threads = threads or len(os.sched_getaffinity(0))
+    threads = threads or default_threads()
     report = {"bundle": str(b.path), "format": b.format, "threads": threads, "prefill_tokens": prefill,
               "decode_tokens": decode, "engines": {}}
     log(f"edgepack ({b.format}) ...")
