@@ -23,11 +23,9 @@ from edgepack.errors import EdgepackError
 
 
 def sample_inputs(cfg, length: int, cache_len: int, embeddings: bool) -> dict:
-    n = cfg.num_key_value_heads
-    kv = {}
-    for i in cfg.cache_layers:
-        kv[f"k_{i}"] = torch.zeros(contract.k_cache_shape(n, cache_len, cfg.head_dim))
-        kv[f"v_{i}"] = torch.zeros(contract.v_cache_shape(n, cache_len, cfg.head_dim))
+    shapes = contract.cache_shapes(cfg.cache_layers, cfg.num_key_value_heads, cache_len, cfg.head_dim)
+    # nested under "kv_cache", "k_0" flattens to the signature name "kv_cache_k_0"
+    kv = {name.removeprefix("kv_cache_"): torch.zeros(shape) for name, shape in shapes.items()}
     pos = torch.arange(length, dtype=torch.int32)
     inputs = {"input_pos": pos, "mask": torch.from_numpy(contract.causal_mask(pos.numpy(), cache_len)), "kv_cache": kv}
     if embeddings:

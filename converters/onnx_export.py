@@ -37,22 +37,14 @@ class _FlatSignature(torch.nn.Module):
         return tuple(out[n] for n in output_names(self.cache_layers))
 
 
-def cache_names(cache_layers: list[int]) -> list[str]:
-    names = []
-    for i in cache_layers:
-        names += [contract.k_cache_name(i), contract.v_cache_name(i)]
-    return names
-
-
 def output_names(cache_layers: list[int]) -> list[str]:
-    return ["logits"] + cache_names(cache_layers)
+    return ["logits"] + contract.cache_names(cache_layers)
 
 
 def export(model, cfg, cache_len: int, out: Path) -> None:
     gemma3n = hasattr(cfg, "hidden_size_per_layer_input")
     flat = _FlatSignature(model, cfg.cache_layers, gemma3n).eval()
     t = 3  # any length > 1, so the exporter keeps the sequence dimension symbolic
-    n = cfg.num_key_value_heads
     pos = torch.arange(t, dtype=torch.int32)
     args = [torch.ones(1, t, dtype=torch.int32)]
     names = ["tokens"]
@@ -61,10 +53,9 @@ def export(model, cfg, cache_len: int, out: Path) -> None:
         names.append("per_layer_embeddings")
     args += [pos, torch.from_numpy(contract.causal_mask(pos.numpy(), cache_len))]
     names += ["input_pos", "mask"]
-    for _ in cfg.cache_layers:
-        args.append(torch.zeros(contract.k_cache_shape(n, cache_len, cfg.head_dim)))
-        args.append(torch.zeros(contract.v_cache_shape(n, cache_len, cfg.head_dim)))
-    names += cache_names(cfg.cache_layers)
+    shapes = contract.cache_shapes(cfg.cache_layers, cfg.num_key_value_heads, cache_len, cfg.head_dim)
+    args += [torch.zeros(shape) for shape in shapes.values()]
+    names += list(shapes)
 
     seq = torch.export.Dim("seq", min=1, max=cache_len)
     dyn = {"tokens": {1: seq}, "input_pos": {0: seq}, "mask": {2: seq}}

@@ -40,6 +40,19 @@ def v_cache_shape(num_kv_heads: int, cache_len: int, head_dim: int) -> tuple[int
     return (1, num_kv_heads, head_dim, cache_len)
 
 
+def cache_names(cache_layers: list[int]) -> list[str]:
+    """Every cache tensor of a graph, in signature order: kv_cache_k_i, kv_cache_v_i per layer."""
+    return [name for i in cache_layers for name in (k_cache_name(i), v_cache_name(i))]
+
+
+def cache_shapes(cache_layers: list[int], num_kv_heads: int, cache_len: int,
+                 head_dim: int) -> dict[str, tuple[int, ...]]:
+    """cache_names() with their shapes."""
+    k = k_cache_shape(num_kv_heads, cache_len, head_dim)
+    v = v_cache_shape(num_kv_heads, cache_len, head_dim)
+    return {name: (k if name.startswith("kv_cache_k_") else v) for name in cache_names(cache_layers)}
+
+
 def causal_mask(input_pos: np.ndarray, cache_len: int) -> np.ndarray:
     """The `mask` input [1, 1, T, C]: query at position p sees cache slots 0..p."""
     k = np.arange(cache_len)[None, :]

@@ -49,14 +49,9 @@ class Engine:
         self.vocab_size = int(g["vocab_size"])
         self.prefill_lengths = list(g["prefill_lengths"])
         self.inputs_kind = g["inputs"]  # "tokens" | "embeddings"
-        self.cache_names = []
-        for i in g["cache_layers"]:
-            self.cache_names += [contract.k_cache_name(i), contract.v_cache_name(i)]
-        kvh, d = int(g["num_kv_heads"]), int(g["head_dim"])
-        self.cache_shapes = {}
-        for i in g["cache_layers"]:
-            self.cache_shapes[contract.k_cache_name(i)] = contract.k_cache_shape(kvh, self.cache_len, d)
-            self.cache_shapes[contract.v_cache_name(i)] = contract.v_cache_shape(kvh, self.cache_len, d)
+        self.cache_shapes = contract.cache_shapes(g["cache_layers"], int(g["num_kv_heads"]), self.cache_len,
+                                                  int(g["head_dim"]))
+        self.cache_names = list(self.cache_shapes)
         stores = b.manifest.get("row_stores", {})
         self.stores = {name: RowStore(b.path, spec) for name, spec in stores.items()}
         cfg = b.manifest["model"]["config"]
