@@ -95,6 +95,13 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgepack", description="Gemma 3n and Gemma 3 to phones and Raspberry Pis.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Arguments several commands share, defined once.
+    bundle_arg = argparse.ArgumentParser(add_help=False)
+    bundle_arg.add_argument("bundle", help="bundle folder")
+    threads_arg = argparse.ArgumentParser(add_help=False)
+    threads_arg.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores available)")
+    json_arg = argparse.ArgumentParser(add_help=False)
+    json_arg.add_argument("--json", action="store_true", help="machine-readable output")
 
     e = sub.add_parser("export", help="convert a checkpoint into a bundle",
                        description="Convert a Hugging Face checkpoint folder or a GGUF file into a bundle "
@@ -127,10 +134,9 @@ def parser() -> argparse.ArgumentParser:
     y.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     y.set_defaults(func=_synth)
 
-    r = sub.add_parser("run", help="generate text from a bundle",
+    r = sub.add_parser("run", parents=[bundle_arg, threads_arg], help="generate text from a bundle",
                        description="Generate a completion, streamed to stdout. Plain-text prompts by default "
                                    "(base models); --chat applies the bundle's chat template.")
-    r.add_argument("bundle", help="bundle folder")
     r.add_argument("--prompt", required=True, help="prompt text")
     r.add_argument("--max-new-tokens", type=int, default=128, help="upper bound on generated tokens (default: 128)")
     r.add_argument("--temperature", type=float, default=0.0, help="0 means greedy (default: 0)")
@@ -138,40 +144,31 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1]; 1 = off")
     r.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     r.add_argument("--chat", action="store_true", help="wrap the prompt in the bundle's chat template")
-    r.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores available)")
     r.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle files")
     r.set_defaults(func=_run)
 
-    v = sub.add_parser("eval", help="perplexity of a bundle on a text; agreement with a reference",
+    v = sub.add_parser("eval", parents=[bundle_arg, threads_arg, json_arg], help="perplexity of a bundle on a text; agreement with a reference",
                        description="Scores <bos> + the first N-1 tokens of a text file through the bundle, one "
                                    "token at a time. With --reference (another bundle, a checkpoint folder, a "
                                    ".gguf or gemma-3-270m, run by transformers) also top-1 agreement and mean KL.")
-    v.add_argument("bundle", help="bundle folder")
     v.add_argument("--text", required=True, help="UTF-8 text file, e.g. /usr/share/common-licenses/GPL-3")
     v.add_argument("--tokens", type=int, default=2048, help="positions including <bos> (default: 2048)")
     v.add_argument("--reference", help="bundle folder or checkpoint to compare against")
-    v.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores available)")
-    v.add_argument("--json", action="store_true", help="machine-readable output")
     v.set_defaults(func=_eval)
 
     from edgepack.bench import DEFAULT_TEXT
 
-    k = sub.add_parser("bench", help="speed and memory of a bundle, side by side with LiteRT-LM",
+    k = sub.add_parser("bench", parents=[bundle_arg, threads_arg, json_arg], help="speed and memory of a bundle, side by side with LiteRT-LM",
                        description="Load time, time to first token, prefill tok/s, decode tok/s (greedy) and "
                                    "peak RSS, each engine in its own process. --compare adds LiteRT-LM on the "
                                    "same .litertlm file.")
-    k.add_argument("bundle", help="bundle folder")
     k.add_argument("--prefill", type=int, default=512, help="prompt tokens (default: 512)")
     k.add_argument("--decode", type=int, default=128, help="generated tokens (default: 128)")
-    k.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores available)")
     k.add_argument("--compare", action="store_true", help="also run LiteRT-LM on the same .litertlm")
     k.add_argument("--text", default=str(DEFAULT_TEXT), help="where the prompt comes from")
-    k.add_argument("--json", action="store_true", help="machine-readable output")
     k.set_defaults(func=_bench)
 
-    i = sub.add_parser("inspect", help="summarise a bundle and verify its checksums")
-    i.add_argument("bundle", help="bundle folder")
-    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i = sub.add_parser("inspect", parents=[bundle_arg, json_arg], help="summarise a bundle and verify its checksums")
     i.add_argument("--no-verify", action="store_true", help="check sizes only, not sha256")
     i.set_defaults(func=_inspect)
     return p
