@@ -7,6 +7,7 @@ memory-mapped embedding stores, the tokenizer and the manifest, all staged and r
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import sys
 import time
@@ -17,18 +18,15 @@ import torch
 from tqdm import tqdm
 
 from edgepack import bundle
-from edgepack.converters import sources
+from edgepack.converters import quant_plan, recipes, row_tables, sources
 from edgepack.converters.progress import Stages
 from edgepack.converters.models import gemma3, gemma3n
 from edgepack.errors import EdgepackError
 
-QUANT_CHOICES = ("none",)
-
-
 @dataclasses.dataclass
 class ExportOptions:
     format: str  # "litertlm" | "onnx"
-    quant: str = "none"
+    quant: str = "none"  # "none", a named recipe (int8, int4) or a recipe .json path
     max_context: int = 2048
     prefill_len: int = 128
     force: bool = False
@@ -60,8 +58,7 @@ def load_weights(model: torch.nn.Module, src: sources.Source) -> None:
 def export(source: str | Path, out: str | Path, opts: ExportOptions, log=print) -> Path:
     if opts.format not in bundle.FORMATS:
         raise EdgepackError(f"unknown format {opts.format!r}; choose from {', '.join(bundle.FORMATS)}")
-    if opts.quant not in QUANT_CHOICES:
-        raise EdgepackError(f"unknown quantization {opts.quant!r}; choose from {', '.join(QUANT_CHOICES)}")
+    recipe = recipes.load(opts.quant)
     if not 1 <= opts.prefill_len <= opts.max_context:
         raise EdgepackError(f"--prefill-len must be between 1 and --max-context ({opts.max_context})")
     t0 = time.time()
@@ -75,15 +72,22 @@ def export(source: str | Path, out: str | Path, opts: ExportOptions, log=print) 
 
     backend = "tflite" if opts.format == "litertlm" else "onnx"
     model, cfg = build_decoder(src, backend)
+    plans = plan_weights(model, src, recipe, opts.format)
     stages = Stages(opts.verbose)
     out = Path(out)
     with bundle.staging(out, force=opts.force) as stage:
         (stage / "tokenizer.json").write_text(src.tokenizer_json)
         stop_ids = sorted(set(src.eos_ids) | ({106} if src.chat_template else set()))
         if opts.format == "onnx":
-            extra = _write_onnx(stage, model, cfg, src, opts, stages)
+            extra = _write_onnx(stage, model, cfg, src, opts, stages, plans)
         else:
-            extra = _write_litertlm(stage, model, cfg, src, opts, stop_ids, stages)
+            extra = _write_litertlm(stage, model, cfg, src, opts, stop_ids, stages, plans)
+        quantized = recipe is not recipes.NONE
+        if quantized:
+            (stage / "quantization.json").write_text(json.dumps(
+                {"recipe": recipe.as_dict(), "tensors": quant_plan.report(list(plans.values()))}, indent=1))
+            extra["files"].append({"path": "quantization.json", "role": "quantization_report"})
+            log(_quant_summary(plans))
         files = [bundle.file_entry(stage, f["path"], f["role"]) for f in extra["files"]]
         files.append(bundle.file_entry(stage, "tokenizer.json", "tokenizer"))
         manifest = {
@@ -106,7 +110,8 @@ def export(source: str | Path, out: str | Path, opts: ExportOptions, log=print) 
                 "vocab_size": cfg.vocab_size,
                 **({"sections": extra["sections"]} if "sections" in extra else {}),
             },
-            "precision": {"weights": "fp32", "quantization": opts.quant},
+            "precision": {"weights": "quantized" if quantized else "fp32", "quantization": recipe.name,
+                          "components": quant_plan.summary(list(plans.values()))},
             "row_stores": extra["row_stores"],
             "tokenizer": {
                 "file": "tokenizer.json",
@@ -123,67 +128,94 @@ def export(source: str | Path, out: str | Path, opts: ExportOptions, log=print) 
     return out
 
 
+PLE_TABLE = "model.embed_tokens_per_layer.weight"
+
+
+def plan_weights(model: torch.nn.Module, src: sources.Source, recipe: recipes.Recipe, fmt: str) -> dict:
+    """The plan for every matrix of the graph, plus Gemma 3n's PLE table (kept out of it)."""
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    if src.family == "gemma3n":
+        cfg = src.config
+        shapes[PLE_TABLE] = (cfg["vocab_size_per_layer_input"], cfg["num_hidden_layers"] * cfg["hidden_size_per_layer_input"])
+    return {n: quant_plan.decide(n, shape, recipe, fmt, src.storage(n)) for n, shape in shapes.items()
+            if len(shape) == 2}
+
+
+def _quant_summary(plans: dict) -> str:
+    lines = ["quantization (per component: precision, bytes, tensors exact/rounded/float):"]
+    for comp, c in quant_plan.summary(list(plans.values())).items():
+        lines.append(f"  {comp:<16} {', '.join(c['precisions']):<34} {c['bytes'] / 2**20:9.1f} MiB  "
+                     f"{c['exact']}/{c['rounded']}/{c['float']}")
+    return "\n".join(lines)
+
+
 def _per_layer_table(src: sources.Source) -> np.ndarray:
-    return np.ascontiguousarray(src.read("model.embed_tokens_per_layer.weight"))
+    return np.ascontiguousarray(src.read(PLE_TABLE))
 
 
-def _row_store(file: str, offset: int, table: np.ndarray, scale: float) -> dict:
-    return {"file": file, "offset": int(offset), "dtype": "float32", "shape": list(table.shape), "scale": scale}
+def _write_onnx(stage: Path, model, cfg, src, opts: ExportOptions, stages: Stages, plans: dict) -> dict:
+    from edgepack.converters import onnx_export, onnx_quant
 
-
-def _write_onnx(stage: Path, model, cfg, src, opts: ExportOptions, stages: Stages) -> dict:
-    from edgepack.converters import onnx_export
-
+    params = dict(model.named_parameters())
+    todo = {n: p for n, p in plans.items() if p.bits != 32 and n in params}
+    if todo:
+        with stages.stage(f"quantizing {len(todo)} tensors"):
+            qt = {n: quant_plan.qtensor(p, params[n].detach().numpy(), src.raw(n) if src.raw else None)
+                  for n, p in tqdm(todo.items(), desc="quantizing", unit="tensor", leave=False, file=sys.stderr)}
+            onnx_quant.swap_in(model, qt)
     with stages.stage("lowering to ONNX"):
         onnx_export.export(model, cfg, opts.max_context, stage / "model.onnx")
     files = [{"path": "model.onnx", "role": "graph"}, {"path": "model.onnx.data", "role": "weights"}]
     row_stores = {}
     if src.family == "gemma3n":
-        table = _per_layer_table(src)
-        table.tofile(stage / "per_layer_embeddings.bin")
+        scale = float(np.sqrt(cfg.hidden_size_per_layer_input))
+        row_stores["per_layer_embeddings"] = row_tables.write(
+            stage / "per_layer_embeddings.bin", _per_layer_table(src), plans[PLE_TABLE], scale)
         files.append({"path": "per_layer_embeddings.bin", "role": "per_layer_embeddings"})
-        row_stores["per_layer_embeddings"] = _row_store(
-            "per_layer_embeddings.bin", 0, table, float(np.sqrt(cfg.hidden_size_per_layer_input))
-        )
     return {"graph_file": "model.onnx", "prefill_lengths": [], "inputs": "tokens",
             "files": files, "row_stores": row_stores}
 
 
 def _write_litertlm(stage: Path, model, cfg, src, opts: ExportOptions, stop_ids: list[int],
-                    stages: Stages) -> dict:
-    from edgepack.converters import litertlm_export as lx
+                    stages: Stages, plans: dict) -> dict:
+    from edgepack.converters import litertlm_export as lx, tflite_quant
 
     work = stage / "work"
     work.mkdir()
+    weights = {n: p.detach().numpy() for n, p in model.named_parameters()}
     models = {"prefill_decode": work / "model.tflite"}
     with stages.stage(f"lowering to TFLite (prefill_{opts.prefill_len} + decode)"):
         lx.convert_main(model, cfg, opts.prefill_len, opts.max_context, models["prefill_decode"])
-    tables = {}
+    tables = {}  # row store name -> checkpoint tensor
     if src.family == "gemma3n":
-        tables["embeddings"] = model.model.embed_tokens.weight.detach().numpy()
-        tables["per_layer_embeddings"] = _per_layer_table(src)
+        tables = {"embeddings": "model.embed_tokens.weight", "per_layer_embeddings": PLE_TABLE}
+        weights[PLE_TABLE] = _per_layer_table(src)
         with stages.stage("lowering the embedder and per-layer embedder"):
-            lx.convert_single(gemma3n.Embedder(torch.from_numpy(tables["embeddings"]),
+            lx.convert_single(gemma3n.Embedder(torch.from_numpy(weights[tables["embeddings"]]),
                                                float(np.sqrt(cfg.hidden_size))), "embedder", work / "embedder.tflite")
-            lx.convert_single(gemma3n.PerLayerEmbedder(torch.from_numpy(tables["per_layer_embeddings"]), cfg),
+            lx.convert_single(gemma3n.PerLayerEmbedder(torch.from_numpy(weights[PLE_TABLE]), cfg),
                               "per_layer_embedder", work / "per_layer_embedder.tflite")
         models["embedder"] = work / "embedder.tflite"
         models["per_layer_embedder"] = work / "per_layer_embedder.tflite"
+    if any(p.bits != 32 for p in plans.values()):
+        with stages.stage("quantizing with ai-edge-quantizer"):
+            for path in models.values():
+                tflite_quant.quantize_file(path, plans, weights)
     metadata = lx.llm_metadata(src.family, src.bos_id, stop_ids, opts.max_context, src.chat_template)
     with stages.stage("packaging model.litertlm"):
         lx.package(stage / "model.litertlm", work, src.family, stage / "tokenizer.json", metadata, models)
 
     sections = lx.read_sections(stage / "model.litertlm")
     row_stores = {}
-    if tables:
-        blob = (stage / "model.litertlm").read_bytes()
-        scales = {"embeddings": float(np.sqrt(cfg.hidden_size)),
-                  "per_layer_embeddings": float(np.sqrt(cfg.hidden_size_per_layer_input))}
-        owners = {"embeddings": "tf_lite_embedder", "per_layer_embeddings": "tf_lite_per_layer_embedder"}
-        for name, table in tables.items():
-            sec = next(s for s in sections if s["model_type"] == owners[name])
-            inner = lx.constant_offset(blob[sec["offset"]:sec["offset"] + sec["size"]], table)
-            row_stores[name] = _row_store("model.litertlm", sec["offset"] + inner, table, scales[name])
+    scales = {"embeddings": float(np.sqrt(cfg.hidden_size)),
+              "per_layer_embeddings": float(np.sqrt(getattr(cfg, "hidden_size_per_layer_input", 1)))}
+    owners = {"embeddings": "tf_lite_embedder", "per_layer_embeddings": "tf_lite_per_layer_embedder"}
+    for name, tensor in tables.items():
+        sec = next(s for s in sections if s["model_type"] == owners[name])
+        where = lx.lookup_table((work / f"{owners[name].removeprefix('tf_lite_')}.tflite").read_bytes())
+        row_stores[name] = where | {
+            "file": "model.litertlm", "offset": sec["offset"] + where["offset"], "scale": scales[name],
+            **({"scales_offset": sec["offset"] + where["scales_offset"]} if "scales_offset" in where else {})}
     shutil.rmtree(work)
     return {"graph_file": "model.litertlm", "prefill_lengths": [opts.prefill_len],
             "inputs": "embeddings" if src.family == "gemma3n" else "tokens",

@@ -96,7 +96,8 @@ def open_gguf(path: Path) -> Source:
         return w - 1.0 if name.endswith("norm.weight") else w
 
     return Source(path, "gemma3", "Gemma3ForCausalLM (GGUF)", config, read, _tokenizer_json(path),
-                  _field(reader, "tokenizer.chat_template"), [], "gguf")
+                  _field(reader, "tokenizer.chat_template"), [], "gguf",
+                  storage=lambda name: tensors[name].tensor_type.name, raw=lambda name: tensors[name])
 
 
 def _tokenizer_json(path: Path) -> str:

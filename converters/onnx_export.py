@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from edgepack import contract
+from edgepack.converters import onnx_quant
 
 
 class _FlatSignature(torch.nn.Module):
@@ -69,5 +70,6 @@ def export(model, cfg, cache_len: int, out: Path) -> None:
             output_names=[name if name == "logits" else contract.onnx_output_name(name)
                           for name in output_names(cfg.cache_layers)],
             dynamic_shapes=rest_shapes, optimize=True, verbose=False,
+            custom_translation_table=onnx_quant.TRANSLATIONS,
         )
     program.save(str(out), external_data=True)

@@ -38,6 +38,10 @@ class Source:
     chat_template: str | None
     skipped: list[str]  # components left out, e.g. vision/audio towers
     kind: str  # "safetensors" | "gguf"
+    # how a tensor is stored at the source ("BF16", "F32", "Q4_K", ...) and, for GGUF, its raw
+    # quantized blocks (so a quantizer can keep that grid instead of rounding again)
+    storage: Callable[[str], str] = lambda name: "F32"
+    raw: Callable[[str], object] | None = None
 
     @property
     def bos_id(self) -> int:
@@ -101,8 +105,13 @@ def _open_hf_dir(p: Path) -> Source:
         h, key = where[name]
         return h.get_tensor(key).to(torch.float32).numpy()
 
+    def storage(name: str) -> str:
+        h, key = where[name]
+        return str(h.get_slice(key).get_dtype())
+
     tokenizer_json, template = _hf_tokenizer(p)
-    return Source(p, family, arch, config, read, tokenizer_json, template, sorted(skipped), "safetensors")
+    return Source(p, family, arch, config, read, tokenizer_json, template, sorted(skipped), "safetensors",
+                  storage)
 
 
 def _hf_tokenizer(p: Path) -> tuple[str, str | None]:

@@ -113,7 +113,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--format", choices=["litertlm", "onnx"], default="litertlm",
                    help="litertlm: TFLite graphs in a .litertlm that Google's LiteRT-LM also runs; "
                         "onnx: onnxruntime (default: litertlm)")
-    e.add_argument("--quant", default="none", help="weight precision; 'none' keeps fp32 (default: none)")
+    e.add_argument("--quant", default="none", metavar="none|int8|int4|RECIPE.json",
+                   help="weight precision: 'none' keeps fp32; int8 and int4 are the named recipes "
+                        "(docs/quantization.md); a .json file is your own recipe (default: none)")
     e.add_argument("--max-context", type=int, default=2048, help="KV cache length in tokens (default: 2048)")
     e.add_argument("--prefill-len", type=int, default=128,
                    help="tokens per prefill call of the TFLite graph; longer prompts go in chunks (default: 128)")

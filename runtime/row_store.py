@@ -2,6 +2,8 @@
 
 Gemma 3n's per-layer embedding table is 2.0B parameters for E2B; decoding reads one row of it per
 token. Mapping the file (instead of loading it) means only the touched pages become resident.
+Stores are float32, or int8 / int4 (signed, two per byte, low nibble first) with float32 scales
+per block of a row; rows are dequantized as they are gathered (layout: converters/row_tables.py).
 """
 
 from __future__ import annotations
@@ -16,11 +18,29 @@ class RowStore:
         self.spec = spec
         self.rows, self.cols = (int(d) for d in spec["shape"])
         self.scale = np.float32(spec["scale"])
-        self.table = np.memmap(folder / spec["file"], dtype=np.dtype(spec["dtype"]), mode="r",
-                               offset=int(spec["offset"]), shape=(self.rows, self.cols))
+        self.dtype = spec["dtype"]
+        path = folder / spec["file"]
+        width = {"float32": self.cols * 4, "int8": self.cols, "int4": self.cols // 2}[self.dtype]
+        self.table = np.memmap(path, dtype=np.uint8, mode="r", offset=int(spec["offset"]), shape=(self.rows, width))
+        if self.dtype == "float32":
+            self.table = self.table.view(np.float32)
+        else:
+            self.block = int(spec["block"])
+            self.scales = np.memmap(path, dtype=np.float32, mode="r", offset=int(spec["scales_offset"]),
+                                    shape=(self.rows, self.cols // self.block))
 
     def gather(self, ids: np.ndarray) -> np.ndarray:
         """Rows for `ids` [T] times the table's scale, [T, cols] float32. Ids outside the table
         (Gemma 3n's multimodal soft tokens, >= 262,144) read row 0, as transformers does."""
         ids = np.where((ids >= 0) & (ids < self.rows), ids, 0)
-        return self.table[ids].astype(np.float32) * self.scale
+        raw = self.table[ids]
+        if self.dtype == "float32":
+            return raw * self.scale
+        if self.dtype == "int4":
+            codes = np.empty((len(ids), self.cols), np.int8)
+            codes[:, 0::2] = (raw << 4).view(np.int8) >> 4  # sign-extend the low nibble
+            codes[:, 1::2] = raw.view(np.int8) >> 4
+        else:
+            codes = raw.view(np.int8)
+        scales = self.scales[ids] * self.scale
+        return (codes.reshape(len(ids), -1, self.block) * scales[..., None]).reshape(len(ids), self.cols)

@@ -73,11 +73,11 @@ def bundle(tmp_path_factory, checkpoint):
 
     made = {}
 
-    def get(name: str, fmt: str) -> Path:
-        if (name, fmt) not in made:
-            out = tmp_path_factory.mktemp("bundle") / f"{name}-{fmt}"
-            opts = ExportOptions(format=fmt, max_context=TINY_CONTEXT, prefill_len=TINY_PREFILL)
-            made[name, fmt] = export(checkpoint(name), out, opts, log=lambda m: None)
-        return made[name, fmt]
+    def get(name: str, fmt: str, quant: str = "none") -> Path:
+        if (name, fmt, quant) not in made:
+            out = tmp_path_factory.mktemp("bundle") / f"{name}-{fmt}-{quant}"
+            opts = ExportOptions(format=fmt, quant=quant, max_context=TINY_CONTEXT, prefill_len=TINY_PREFILL)
+            made[name, fmt, quant] = export(checkpoint(name), out, opts, log=lambda m: None)
+        return made[name, fmt, quant]
 
     return get

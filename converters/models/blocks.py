@@ -20,6 +20,14 @@ from torch import nn
 from edgepack.contract import MASK_VALUE
 
 
+class TiedEmbedding(nn.Embedding):
+    """The token embedding, whose weight is also the LM head (Gemma ties them). A quantized
+    replacement (converters/onnx_quant.py) keeps one stored table for both uses."""
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return h @ self.weight.T
+
+
 class RMSNorm(nn.Module):
     """Gemma 3n's norm: `x / rms(x) * weight` (no weight for the value norm)."""
 

@@ -151,7 +151,7 @@ class Gemma3DecoderLayer(nn.Module):
 class Gemma3TextModel(nn.Module):
     def __init__(self, cfg: Gemma3Config):
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = blocks.TiedEmbedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Gemma3DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = blocks.OffsetRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -184,5 +184,5 @@ class Gemma3ForCausalLM(nn.Module):
         if self.emit_logits:
             # Only the last position is sampled from; the LM head reads the whole vocabulary.
             h = self.model.norm(x[:, -1:])
-            out["logits"] = blocks.softcap(h @ self.model.embed_tokens.weight.T, cfg.final_logit_softcapping)
+            out["logits"] = blocks.softcap(self.model.embed_tokens.logits(h), cfg.final_logit_softcapping)
         return out

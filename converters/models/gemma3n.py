@@ -17,6 +17,7 @@ import math
 import statistics
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edgepack import contract
@@ -232,7 +233,7 @@ class Gemma3nTextModel(nn.Module):
     def __init__(self, cfg: Gemma3nConfig):
         super().__init__()
         hs, n = cfg.hidden_size, cfg.altup_num_inputs
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, hs)
+        self.embed_tokens = blocks.TiedEmbedding(cfg.vocab_size, hs)
         self.layers = nn.ModuleList(Gemma3nDecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = blocks.RMSNorm(hs, cfg.rms_norm_eps)
         self.per_layer_model_projection = nn.Linear(
@@ -309,7 +310,7 @@ class Gemma3nForCausalLM(nn.Module):
                 _match_magnitude(p(last[j + 1]), target) for j, p in enumerate(m.altup_unembed_projections)
             ]
             h = m.norm(torch.stack(unembedded).mean(0))
-            out["logits"] = blocks.softcap(h @ m.embed_tokens.weight.T, cfg.final_logit_softcapping)
+            out["logits"] = blocks.softcap(m.embed_tokens.logits(h), cfg.final_logit_softcapping)
         return out
 
 
@@ -328,7 +329,7 @@ class PerLayerEmbedder(nn.Module):
         cfg = self.cfg
         in_table = (token_ids >= 0) & (token_ids < cfg.vocab_size_per_layer_input)
         ids = torch.where(in_table, token_ids, torch.zeros_like(token_ids))
-        rows = self.table[ids] * math.sqrt(cfg.hidden_size_per_layer_input)
+        rows = F.embedding(ids, self.table) * math.sqrt(cfg.hidden_size_per_layer_input)  # EMBEDDING_LOOKUP
         return {"embeddings": rows.reshape(*ids.shape, cfg.num_hidden_layers, cfg.hidden_size_per_layer_input)}
 
 
@@ -342,4 +343,4 @@ class Embedder(nn.Module):
 
     def forward(self, token_ids):
         ids = torch.clamp(token_ids, min=0)
-        return {"embeddings": self.table[ids] * self.scale}
+        return {"embeddings": F.embedding(ids, self.table) * self.scale}  # EMBEDDING_LOOKUP

@@ -1,0 +1,149 @@
+"""Quantized layers for the ONNX graph: onnxruntime's MatMulNBits and GatherBlockQuantized.
+
+Before export, the float `nn.Linear`s and the tied embedding a recipe quantizes are swapped for
+the modules below. Each calls a small torch custom op whose eager implementation dequantizes (so
+the quantized model still runs in torch, for tests) and whose ONNX translation is the
+com.microsoft kernel, with the packed codes, scales and zero points as initializers named after
+the checkpoint's module. The tied embedding stores its codes once, as MatMulNBits' [N, blocks,
+bytes] layout, which GatherBlockQuantized also reads (quantize_axis=2, one block per last-axis row).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgepack.converters.quantize import QTensor
+
+# onnxruntime CPU: 4 = int8 activations in the blockwise kernels (what llama.cpp and
+# onnxruntime-genai's int4 models run with); 0 = float activations.
+ACCURACY_LEVEL = 4
+
+
+def _dequantize(packed: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None,
+                bits: int, block: int) -> torch.Tensor:
+    n, blocks = scales.shape[0], scales.numel() // scales.shape[0]
+    codes = packed.reshape(n, blocks, -1)
+    if bits == 4:
+        codes = torch.stack([codes & 0x0F, codes >> 4], dim=-1).reshape(n, blocks, block)
+    zp = zero_points.reshape(n, blocks) if zero_points is not None else torch.full_like(
+        scales.reshape(n, blocks), 2 ** (bits - 1))
+    w = (codes.float() - zp[..., None]) * scales.reshape(n, blocks)[..., None]
+    return w.reshape(n, blocks * block)
+
+
+@torch.library.custom_op("edgepack::matmul_nbits", mutates_args=())
+def matmul_nbits(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor,
+                 bits: int, block: int, has_zp: bool) -> torch.Tensor:
+    return x @ _dequantize(packed, scales, zero_points if has_zp else None, bits, block).T
+
+
+@matmul_nbits.register_fake
+def _(x, packed, scales, zero_points, bits, block, has_zp):
+    return x.new_empty(*x.shape[:-1], packed.shape[0])
+
+
+@torch.library.custom_op("edgepack::gather_nbits", mutates_args=())
+def gather_nbits(packed: torch.Tensor, ids: torch.Tensor, scales3: torch.Tensor, bits: int, block: int) -> torch.Tensor:
+    w = _dequantize(packed, scales3.reshape(scales3.shape[0], -1), None, bits, block)
+    return w[ids]
+
+
+@gather_nbits.register_fake
+def _(packed, ids, scales3, bits, block):
+    return packed.new_empty(*ids.shape, scales3.shape[1] * block, dtype=torch.float32)
+
+
+_SCHEMAS = {  # name -> (inputs (name, optional), int attributes)
+    "MatMulNBits": ((("A", False), ("B", False), ("scales", False), ("zero_points", True)),
+                    ("K", "N", "bits", "block_size", "accuracy_level")),
+    "GatherBlockQuantized": ((("data", False), ("indices", False), ("scales", False), ("zero_points", True)),
+                             ("gather_axis", "quantize_axis", "block_size", "bits")),
+}
+
+
+def _contrib(name: str):
+    """A com.microsoft op for onnxscript. The onnx package has no schemas for onnxruntime's
+    contrib ops and the exporter needs one, so a minimal one is registered once."""
+    import onnx
+    from onnx.defs import OpSchema
+    from onnxscript import values
+
+    if not onnx.defs.has(name, "com.microsoft"):
+        inputs, attrs = _SCHEMAS[name]
+        param = OpSchema.FormalParameterOption
+        onnx.defs.register_schema(OpSchema(
+            name, "com.microsoft", 1,
+            inputs=[OpSchema.FormalParameter(n, f"T{i}", param_option=param.Optional if opt else param.Single)
+                    for i, (n, opt) in enumerate(inputs)],
+            outputs=[OpSchema.FormalParameter("Y", "TY")],
+            type_constraints=[(f"T{i}", ["tensor(float)", "tensor(uint8)", "tensor(int32)", "tensor(int64)"], "")
+                              for i in range(len(inputs))] + [("TY", ["tensor(float)"], "")],
+            attributes=[OpSchema.Attribute(a, OpSchema.AttrType.INT) for a in attrs]))
+    return values.Op(values.Opset("com.microsoft", 1), name, onnx.defs.get_schema(name, 1, "com.microsoft"))
+
+
+def _onnx_matmul_nbits(x, packed, scales, zero_points, bits: int, block: int, has_zp: bool):
+    n, k_blocks = packed.shape[0], packed.shape[1]
+    inputs = (x, packed, scales, zero_points) if has_zp else (x, packed, scales)
+    return _contrib("MatMulNBits")(*inputs, K=k_blocks * block, N=n, bits=bits, block_size=block,
+                          accuracy_level=ACCURACY_LEVEL)
+
+
+def _onnx_gather_nbits(packed, ids, scales3, bits: int, block: int):
+    from onnxscript import opset18 as op
+
+    rows = _contrib("GatherBlockQuantized")(packed, ids, scales3, gather_axis=0, quantize_axis=2, block_size=block, bits=bits)
+    shape = op.Concat(op.Shape(ids), op.Constant(value_ints=[-1]), axis=0)
+    return op.Reshape(rows, shape)
+
+
+TRANSLATIONS = {torch.ops.edgepack.matmul_nbits.default: _onnx_matmul_nbits,
+                torch.ops.edgepack.gather_nbits.default: _onnx_gather_nbits}
+
+
+def _buffers(module: nn.Module, q: QTensor) -> None:
+    n, k = q.shape
+    module.bits, module.block = q.bits, q.block
+    module.register_buffer("qweight", torch.from_numpy(q.packed().reshape(n, k // q.block, -1).copy()))
+    module.register_buffer("scales", torch.from_numpy(q.scales.copy()))
+    zp = q.zero_points if q.zero_points is not None else q.scales[:, :1] * 0  # unused placeholder
+    module.has_zp = q.zero_points is not None
+    module.register_buffer("zero_points", torch.from_numpy(zp.copy()))
+
+
+class QuantLinear(nn.Module):
+    def __init__(self, q: QTensor):
+        super().__init__()
+        _buffers(self, q)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return matmul_nbits(x, self.qweight, self.scales, self.zero_points, self.bits, self.block, self.has_zp)
+
+
+class QuantTiedEmbedding(nn.Module):
+    """Lookup (GatherBlockQuantized) and LM head (MatMulNBits) over one set of codes."""
+
+    def __init__(self, q: QTensor):
+        super().__init__()
+        if q.zero_points is not None:
+            raise ValueError("the tied embedding is stored symmetric (GatherBlockQuantized reads no float zero points)")
+        _buffers(self, q)
+        self.register_buffer("scales3", self.scales[..., None].clone())
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return gather_nbits(self.qweight, ids, self.scales3, self.bits, self.block)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return matmul_nbits(h, self.qweight, self.scales, self.zero_points, self.bits, self.block, False)
+
+
+def swap_in(model: nn.Module, quantized: dict[str, QTensor]) -> None:
+    """Replace the modules whose `<name>.weight` has a QTensor."""
+    for name, q in quantized.items():
+        path = name.removesuffix(".weight")
+        parent_name, _, attr = path.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        old = getattr(parent, attr)
+        new = QuantTiedEmbedding(q) if isinstance(old, nn.Embedding) else QuantLinear(q)
+        setattr(parent, attr, new)

@@ -1,0 +1,94 @@
+"""What happens to each weight under a recipe, for one target format: the decision and its report.
+
+Both exporters follow the same plan. A tensor is left float when its component is float in the
+recipe or its rows don't split into the recipe's blocks. A GGUF tensor whose grid the format holds
+exactly is transcoded (ONNX: Q8_0/Q5_0/Q6_K as 8-bit, Q4_K as 4-bit with float zero points); with
+`source_grid: keep`, a GGUF grid finer than the requested bits is stored at 8 bits rather than
+rounded again. Everything else is rounded to the recipe's grid (TFLite: by ai-edge-quantizer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from edgepack.converters import quantize
+from edgepack.converters.recipes import Recipe
+
+
+@dataclasses.dataclass
+class TensorPlan:
+    name: str
+    component: str
+    shape: tuple[int, ...]
+    source: str  # "F32", "BF16", "Q5_0", ...
+    bits: int  # 32 = float
+    block: int  # 0 = per channel
+    how: str  # "float", "exact from Q8_0", "rounded", "rounded from Q5_0", ...
+
+    @property
+    def nbytes(self) -> int:
+        n = int(np.prod(self.shape))
+        if self.bits == 32:
+            return 4 * n
+        scales = self.shape[0] * (self.shape[1] // self.block if self.block else 1)
+        return n * self.bits // 8 + 4 * scales
+
+    def precision(self) -> str:
+        if self.bits == 32:
+            return "float32"
+        return f"int{self.bits} " + (f"block {self.block}" if self.block else "per-channel")
+
+
+_EXACT_ONNX = {"Q8_0": 8, "Q5_0": 8, "Q6_K": 8, "Q4_K": 4}  # source grid -> bits it is held at
+
+
+def decide(name: str, shape: tuple[int, ...], recipe: Recipe, fmt: str, source: str) -> TensorPlan:
+    component = recipe.component_of(name) or "other"
+    p = recipe.precision_of(name)
+    if p.bits == 32 or len(shape) != 2:
+        return TensorPlan(name, component, shape, source, 32, 0, "float")
+    bits, block = p.bits, p.block_for(fmt)
+    grid_bits = quantize.GRID_BITS.get(source, 32)
+    if grid_bits < 16 and grid_bits > bits and recipe.source_grid == "keep":
+        bits = 8  # never round an already-quantized tensor onto a coarser grid
+    if fmt == "onnx" and _EXACT_ONNX.get(source, 99) <= bits:  # held exactly, never widened
+        exact_bits, exact_block = _EXACT_ONNX[source], 16 if source == "Q6_K" else 32
+        return TensorPlan(name, component, shape, source, exact_bits, exact_block, f"exact from {source}")
+    if fmt == "onnx" and not block:
+        block = 32  # MatMulNBits has no per-channel mode
+    if block and shape[1] % block:
+        return TensorPlan(name, component, shape, source, 32, 0, f"float (rows of {shape[1]} don't split into blocks of {block})")
+    how = "rounded" if grid_bits >= 16 else f"rounded from {source}"
+    return TensorPlan(name, component, shape, source, bits, block, how)
+
+
+def qtensor(plan: TensorPlan, weight: np.ndarray, raw=None) -> quantize.QTensor:
+    """The ONNX form of a planned tensor: transcoded from the GGUF block data, or rounded (8-bit
+    symmetric; 4-bit asymmetric with integer zero points, except the tied embedding, which
+    GatherBlockQuantized reads without zero points)."""
+    if plan.how.startswith("exact"):
+        return quantize.transcode_gguf(raw)
+    symmetric = plan.bits == 8 or plan.component == "embedding"
+    q = quantize.round_to_grid(weight, plan.bits, plan.block, symmetric=symmetric)
+    q.how = plan.how
+    return q
+
+
+def summary(plans: list[TensorPlan]) -> dict:
+    """Per component: precisions used, bytes, tensors exact / rounded / float."""
+    out: dict[str, dict] = {}
+    for p in plans:
+        c = out.setdefault(p.component, {"precisions": [], "bytes": 0, "tensors": 0, "exact": 0, "rounded": 0, "float": 0})
+        if p.precision() not in c["precisions"]:
+            c["precisions"].append(p.precision())
+        c["bytes"] += p.nbytes
+        c["tensors"] += 1
+        c["exact" if p.how.startswith("exact") else "rounded" if p.how.startswith("rounded") else "float"] += 1
+    return out
+
+
+def report(plans: list[TensorPlan]) -> list[dict]:
+    return [{"tensor": p.name, "component": p.component, "shape": list(p.shape), "source": p.source,
+             "stored": p.precision(), "how": p.how, "bytes": p.nbytes} for p in plans]

@@ -1,0 +1,152 @@
+"""Quantized bundles: recipes, GGUF grids kept exactly, weights on their grids, engines agree."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgepack.errors import EdgepackError
+
+PROMPT = "The quick brown fox"
+
+
+def test_gguf_grids_transcode_exactly():
+    """Every quantized type in the real 270M GGUF becomes codes/scales whose dequantization is
+    gguf-py's own, bit for bit (Q4_K to float rounding of its zero point)."""
+    import gguf
+
+    from edgepack.converters.builtin import gemma_gguf
+    from edgepack.converters.quantize import transcode_gguf
+
+    reader = gguf.GGUFReader(str(gemma_gguf()))
+    seen = {}
+    for t in reader.tensors:
+        if t.tensor_type.name in ("Q8_0", "Q5_0", "Q6_K", "Q4_K") and t.tensor_type.name not in seen:
+            if t.name == "token_embd.weight":
+                continue  # 168M weights: the same Q8_0 path as attn_v
+            seen[t.tensor_type.name] = t
+    assert set(seen) == {"Q8_0", "Q5_0", "Q6_K", "Q4_K"}
+    for kind, t in seen.items():
+        q = transcode_gguf(t)
+        ref = gguf.quants.dequantize(t.data, t.tensor_type).reshape(q.shape)
+        err = np.abs(q.dequantize() - ref).max()
+        assert err <= (1e-6 * np.abs(ref).max() if kind == "Q4_K" else 0), (kind, err)
+        assert q.bits == (4 if kind == "Q4_K" else 8) and q.how == f"exact from {kind}"
+
+
+def test_recipes_load_and_reject_bad_files(tmp_path):
+    from edgepack.converters import recipes
+
+    assert {"int8", "int4"} <= set(recipes.named())
+    int4 = recipes.load("int4")
+    assert int4.precision_of("model.layers.3.mlp.down_proj.weight").bits == 4
+    assert int4.precision_of("model.layers.3.per_layer_input_gate.weight").bits == 8  # Google keeps 8
+    assert int4.precision_of("model.layers.3.input_layernorm.weight").bits == 32
+    bad = [({"components": {"mlpp": {"bits": 4}}}, "unknown component"),
+           ({"components": {"mlp": {"bits": 3}}}, "bits must be"),
+           ({"components": {"mlp": {"bits": 4, "block": 48}}}, "block must be"),
+           ({"components": {}, "source_grid": "x"}, "source_grid")]
+    for raw, message in bad:
+        f = tmp_path / "r.json"
+        f.write_text(json.dumps(raw))
+        with pytest.raises(EdgepackError, match=message):
+            recipes.load(str(f))
+    with pytest.raises(EdgepackError, match="unknown quantization"):
+        recipes.load("int3")
+
+
+def _ort_dequantize(b, scales, zp, bits: int, block: int) -> np.ndarray:
+    """onnxruntime's MatMulNBits weight, from its contrib-op spec: B [N, blocks, bytes], codes
+    low nibble first, value (code - zero_point) * scale, zero point 2^(bits-1) if absent."""
+    n, blocks = b.shape[0], b.shape[1]
+    codes = np.stack([b & 15, b >> 4], -1).reshape(n, blocks, block) if bits == 4 else b
+    zp = np.full((n, blocks), 2 ** (bits - 1)) if zp is None else zp.reshape(n, blocks)
+    return ((codes - zp[..., None]) * scales.reshape(n, blocks)[..., None]).reshape(n, blocks * block)
+
+
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_onnx_weights_sit_on_their_grid(quant, bundle, checkpoint):
+    """Each MatMulNBits weight, read back from the bundle, is the checkpoint's tensor rounded to
+    the nearest point of its grid (within half a step), and the report says what it did."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgepack.converters import sources
+    from edgepack.runtime.generate import Generator
+
+    folder = bundle("gemma3n_causal", "onnx", quant)
+    src = sources.open_source(checkpoint("gemma3n_causal"))
+    model = onnx.load(str(folder / "model.onnx"))
+    init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    report = {t["tensor"]: t for t in json.loads((folder / "quantization.json").read_text())["tensors"]}
+    checked = 0
+    for node in model.graph.node:
+        if node.op_type != "MatMulNBits":
+            continue
+        a = {x.name: x.i for x in node.attribute}
+        b, scales = init[node.input[1]], init[node.input[2]]
+        zp = init[node.input[3]] if len(node.input) > 3 and node.input[3] else None
+        w = _ort_dequantize(b, scales, zp, a["bits"], a["block_size"])
+        name = next(n for n in report if node.input[1].endswith("." + n.removesuffix(".weight") + ".qweight"))
+        ref = src.read(name)
+        step = np.repeat(scales.reshape(w.shape[0], -1), a["block_size"], axis=1)
+        assert np.all(np.abs(w - ref) <= step / 2 + 1e-6), name
+        assert report[name]["how"] == "rounded" and report[name]["stored"].startswith(f"int{a['bits']}")
+        checked += 1
+    assert checked >= 20
+    m = json.loads((folder / "manifest.json").read_text())
+    assert m["precision"]["quantization"] == quant and m["precision"]["components"]["mlp"]["rounded"] > 0
+    assert m["row_stores"]["per_layer_embeddings"]["dtype"] == quant
+    gen = Generator(folder)
+    steps = []
+    list(gen.generate_ids(gen.encode(PROMPT), max_new_tokens=8, on_step=steps.append))
+    assert steps and all(np.isfinite(s.logits).all() for s in steps)
+
+
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+@pytest.mark.parametrize("name", ["gemma3", "gemma3n_causal"])
+def test_litert_lm_runs_quantized_litertlm_like_edgepack(name, quant, bundle, tmp_path):
+    """Google's engine loads the quantized .litertlm unchanged and its greedy tokens are ours."""
+    import litert_lm
+    from tokenizers import Tokenizer
+
+    from edgepack.runtime.generate import Generator
+
+    folder = bundle(name, "litertlm", quant)
+    engine = litert_lm.Engine(str(folder / "model.litertlm"), backend=litert_lm.Backend.CPU(thread_count=2),
+                              cache_dir=str(tmp_path))
+    session = engine.create_session(apply_prompt_template=False, max_output_tokens=12,
+                                    sampler_config=litert_lm.SamplerConfig(top_k=1))
+    session.run_prefill([PROMPT])
+    text = session.run_decode().texts[0]
+    session.close()
+    gen = Generator(folder)
+    ids = list(gen.generate_ids(gen.encode(PROMPT), max_new_tokens=12))
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    assert text == tok.decode(ids, skip_special_tokens=False)
+    sizes = {f["path"]: f["size"] for f in json.loads((folder / "manifest.json").read_text())["files"]}
+    assert "quantization.json" in sizes
+
+
+def test_quantized_ple_rows_match_the_litert_interpreter(bundle, tmp_path):
+    """The int4 per-layer table our runtime memory-maps from the .litertlm dequantizes to exactly
+    what the LiteRT interpreter computes running that section's graph."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgepack.bundle import Bundle
+    from edgepack.runtime.row_store import RowStore
+
+    b = Bundle(bundle("gemma3n_causal", "litertlm", "int4"))
+    spec = b.manifest["row_stores"]["per_layer_embeddings"]
+    assert spec["dtype"] == "int4"
+    sec = next(s for s in b.manifest["graph"]["sections"] if s["model_type"] == "tf_lite_per_layer_embedder")
+    with open(b.path / "model.litertlm", "rb") as f:
+        f.seek(sec["offset"])
+        (tmp_path / "ple.tflite").write_bytes(f.read(sec["size"]))
+    run = Interpreter(model_path=str(tmp_path / "ple.tflite")).get_signature_runner("per_layer_embedder")
+    store = RowStore(b.path, spec)
+    ids = np.array([0, 7, 2, 262_143, 300_000])
+    want = np.stack([run(token_ids=np.array([[i]], np.int32))["embeddings"].reshape(-1) for i in ids])
+    np.testing.assert_array_equal(store.gather(ids), want)
