@@ -142,11 +142,9 @@ def plan_weights(model: torch.nn.Module, src: sources.Source, recipe: recipes.Re
 
 
 def _quant_summary(plans: dict) -> str:
-    lines = ["quantization (per component: precision, bytes, tensors exact/rounded/float):"]
-    for comp, c in quant_plan.summary(list(plans.values())).items():
-        lines.append(f"  {comp:<16} {', '.join(c['precisions']):<34} {c['bytes'] / 2**20:9.1f} MiB  "
-                     f"{c['exact']}/{c['rounded']}/{c['float']}")
-    return "\n".join(lines)
+    from edgepack.inspect import component_lines
+
+    return "\n".join(["quantization:", *component_lines(quant_plan.summary(list(plans.values())))])
 
 
 def _per_layer_table(src: sources.Source) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 One graph with a dynamic sequence length serves prefill chunks and single-token decode. Inputs
 keep LiteRT-LM's names (`tokens`, `per_layer_embeddings`, `input_pos`, `mask`, `kv_cache_k_i` ...);
-outputs are `logits` and the updated caches as `kv_cache_k_i_out` (ONNX values are assigned once).
+outputs are `logits` and the chunk's K/V as `kv_slice_k_i` / `kv_slice_v_i`, which the runtime writes
+into its cache in place (see blocks.KVCache: onnxruntime can't update a tensor in place, and an
+updated-cache output would copy the whole cache every token).
 Weights go to external data (`model.onnx.data`) so models over 2 GB work.
 """
 
@@ -39,7 +41,7 @@ class _FlatSignature(torch.nn.Module):
 
 
 def output_names(cache_layers: list[int]) -> list[str]:
-    return ["logits"] + contract.cache_names(cache_layers)
+    return ["logits"] + [contract.kv_slice_name(n) for n in contract.cache_names(cache_layers)]
 
 
 def export(model, cfg, cache_len: int, out: Path) -> None:
@@ -67,8 +69,7 @@ def export(model, cfg, cache_len: int, out: Path) -> None:
     with torch.no_grad():
         program = torch.onnx.export(
             flat, tuple(args), dynamo=True, input_names=names,
-            output_names=[name if name == "logits" else contract.onnx_output_name(name)
-                          for name in output_names(cfg.cache_layers)],
+            output_names=output_names(cfg.cache_layers),
             dynamic_shapes=rest_shapes, optimize=True, verbose=False,
             custom_translation_table=onnx_quant.TRANSLATIONS,
         )

@@ -26,9 +26,13 @@ class TensorPlan:
     bits: int  # 32 = float
     block: int  # 0 = per channel
     how: str  # "float", "exact from Q8_0", "rounded", "rounded from Q5_0", ...
+    measured_bytes: int | None = None  # set once the tensor is quantized (codes + scales + zero points)
 
     @property
     def nbytes(self) -> int:
+        """Stored weight bytes: measured when known, else codes + float32 scales."""
+        if self.measured_bytes is not None:
+            return self.measured_bytes
         n = int(np.prod(self.shape))
         if self.bits == 32:
             return 4 * n
@@ -52,7 +56,9 @@ def decide(name: str, shape: tuple[int, ...], recipe: Recipe, fmt: str, source: 
     bits, block = p.bits, p.block_for(fmt)
     grid_bits = quantize.GRID_BITS.get(source, 32)
     if grid_bits < 16 and grid_bits > bits and recipe.source_grid == "keep":
-        bits = 8  # never round an already-quantized tensor onto a coarser grid
+        # never round an already-quantized tensor onto a coarser grid; TFLite's 8-bit weights
+        # are per channel only
+        bits, block = 8, (block if fmt == "onnx" else 0)
     if fmt == "onnx" and _EXACT_ONNX.get(source, 99) <= bits:  # held exactly, never widened
         exact_bits, exact_block = _EXACT_ONNX[source], 16 if source == "Q6_K" else 32
         return TensorPlan(name, component, shape, source, exact_bits, exact_block, f"exact from {source}")
@@ -69,10 +75,12 @@ def qtensor(plan: TensorPlan, weight: np.ndarray, raw=None) -> quantize.QTensor:
     symmetric; 4-bit asymmetric with integer zero points, except the tied embedding, which
     GatherBlockQuantized reads without zero points)."""
     if plan.how.startswith("exact"):
-        return quantize.transcode_gguf(raw)
-    symmetric = plan.bits == 8 or plan.component == "embedding"
-    q = quantize.round_to_grid(weight, plan.bits, plan.block, symmetric=symmetric)
-    q.how = plan.how
+        q = quantize.transcode_gguf(raw)
+    else:
+        symmetric = plan.bits == 8 or plan.component == "embedding"
+        q = quantize.round_to_grid(weight, plan.bits, plan.block, symmetric=symmetric)
+        q.how = plan.how
+    plan.measured_bytes = q.nbytes()
     return q
 
 

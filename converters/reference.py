@@ -52,3 +52,18 @@ def all_position_logits(source: str | Path, ids: list[int]) -> np.ndarray:
     model = load_transformers(source)
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def perplexity(source: str | Path, text: str, tokens: int = 2048) -> float:
+    """transformers' fp32 perplexity on `<bos>` + the text's first tokens-1 tokens, scored with the
+    tokenizer edgepack writes into bundles (the one `edgepack eval` uses)."""
+    from tokenizers import Tokenizer
+
+    from edgepack.converters import sources
+    from edgepack.runtime.evaluate import log_softmax
+
+    src = sources.open_source(str(source))
+    tok = Tokenizer.from_str(src.tokenizer_json)
+    ids = [src.bos_id] + tok.encode(text, add_special_tokens=False).ids[: tokens - 1]
+    lp = log_softmax(all_position_logits(source, ids[:-1]))
+    return float(np.exp(-lp[np.arange(len(ids) - 1), ids[1:]].mean()))

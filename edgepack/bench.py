@@ -1,6 +1,7 @@
-"""`edgepack bench`: load time, time to first token, prefill and decode tok/s, peak RSS; with
-`--compare`, LiteRT-LM on the very same `.litertlm`, each engine in its own process so peak RSS
-is its own. Prompt: the first tokens of /usr/share/common-licenses/GPL-3 (or --text)."""
+"""`edgepack bench`: load time, time to first token, prefill and decode tok/s, peak RSS, and the
+decode roofline (bytes read per token / measured read bandwidth). With `--compare`, the peers
+(edgepack/peers.py) on the same weights, each engine in its own process so peak RSS is its own.
+Prompt: the first tokens of /usr/share/common-licenses/GPL-3 (or --text)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
+from edgepack import peers
 from edgepack.errors import EdgepackError
 
 DEFAULT_TEXT = Path("/usr/share/common-licenses/GPL-3")
@@ -40,23 +44,10 @@ print(json.dumps({"load_s": load, "ttft_s": ttft, "prefill_tok_s": len(ids) / tt
                   "decode_tok_s": int(sys.argv[3]) / decode}))
 """
 
-# LiteRT-LM's own benchmark on the same file.
-_LITERT_LM = """
-import json, sys, tempfile
-import litert_lm
-litert_lm.set_min_log_severity(litert_lm.LogSeverity.ERROR)
-b = litert_lm.Benchmark(model_path=sys.argv[1], backend=litert_lm.Backend.CPU(thread_count=int(sys.argv[4])),
-                        prefill_tokens=int(sys.argv[2]), decode_tokens=int(sys.argv[3]),
-                        cache_dir=tempfile.mkdtemp())
-i = b.run()
-print(json.dumps({"load_s": i.init_time_in_second, "ttft_s": i.time_to_first_token_in_second,
-                  "prefill_tok_s": i.last_prefill_tokens_per_second, "decode_tok_s": i.last_decode_tokens_per_second}))
-"""
-
-
-def _child(code: str, *args) -> dict:
+def _child(code: str, *args, env: dict | None = None) -> dict:
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE, stderr=err)
+        proc = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE, stderr=err,
+                                env=env)
         out = proc.stdout.read()
         _, status, usage = os.wait4(proc.pid, 0)
         if status != 0:
@@ -68,8 +59,43 @@ def _child(code: str, *args) -> dict:
     return result
 
 
+def _env_with(path: Path) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(path)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
+def decode_bytes(b) -> int:
+    """Bytes one decode step reads: every weight of the decode graph (the tied embedding included,
+    as the LM head) and the whole KV cache, which the graphs attend over at every step."""
+    from edgepack.runtime.engines import Engine
+
+    g = b.manifest["graph"]
+    if b.format == "onnx":
+        weights = sum(f["size"] for f in b.manifest["files"] if f["role"] in ("graph", "weights"))
+    else:
+        weights = next(s["size"] for s in g["sections"] if s["model_type"] == "tf_lite_prefill_decode")
+    shapes = Engine.cache_shapes_of(b)
+    return weights + sum(4 * int(np.prod(s)) for s in shapes.values())
+
+
+def _source_gguf(b, gguf: str | None) -> Path | None:
+    if gguf:
+        return Path(gguf)
+    source = b.manifest["model"].get("source", "")
+    if source.endswith(".gguf"):
+        from edgepack.converters.builtin import gemma_gguf
+
+        try:
+            builtin = gemma_gguf()
+        except EdgepackError:
+            return None
+        return builtin if builtin.name == source else None
+    return None
+
+
 def bench(bundle: str | Path, prefill: int = 512, decode: int = 128, threads: int | None = None,
-          compare: bool = False, text: Path = DEFAULT_TEXT, log=print) -> dict:
+          compare: bool = False, text: Path = DEFAULT_TEXT, gguf: str | None = None, log=print) -> dict:
     from edgepack.bundle import Bundle
     from edgepack.runtime.engines import default_threads
 
@@ -81,24 +107,63 @@ def bench(bundle: str | Path, prefill: int = 512, decode: int = 128, threads: in
         raise EdgepackError("--prefill must be >= 2 and --decode >= 1")
     if not Path(text).is_file():
         raise EdgepackError(f"text file not found: {text}")
+    if gguf and not Path(gguf).is_file():
+        raise EdgepackError(f"GGUF not found: {gguf}")
     threads = threads or default_threads()
     report = {"bundle": str(b.path), "format": b.format, "threads": threads, "prefill_tokens": prefill,
-              "decode_tokens": decode, "engines": {}}
+              "decode_tokens": decode, "engines": {}, "skipped": {}}
     log(f"edgepack ({b.format}) ...")
     report["engines"]["edgepack"] = _child(_OURS, b.path, prefill, decode, threads, text)
     if compare:
-        if b.format != "litertlm":
-            log("LiteRT-LM: skipped (it runs .litertlm bundles only)")
-        else:
-            try:
-                import litert_lm  # noqa: F401
-            except ImportError:
-                log("LiteRT-LM: skipped (pip install litert-lm-api)")
-            else:
-                log("LiteRT-LM on the same .litertlm ...")
-                report["engines"]["litert-lm"] = _child(_LITERT_LM, b.file(b.manifest["graph"]["file"]),
-                                                        prefill, decode, threads)
+        _compare(b, report, prefill, decode, threads, text, gguf, log)
+    log("read bandwidth ...")
+    bandwidth = peers.read_bandwidth(threads)
+    report["roofline"] = {"decode_bytes": decode_bytes(b), "read_bandwidth_gb_s": bandwidth / 1e9,
+                          "decode_tok_s_limit": bandwidth / decode_bytes(b)}
     return report
+
+
+def _compare(b, report: dict, prefill: int, decode: int, threads: int, text: Path, gguf: str | None, log) -> None:
+    def skip(name: str, why: str) -> None:
+        log(f"{name}: skipped ({why})")
+        report["skipped"][name] = why
+
+    if b.format != "litertlm":
+        skip("litert-lm", "it runs .litertlm bundles only")
+    else:
+        try:
+            import litert_lm  # noqa: F401
+        except ImportError:
+            skip("litert-lm", "not installed: pip install litert-lm-api")
+        else:
+            log("LiteRT-LM on the same .litertlm ...")
+            report["engines"]["litert-lm"] = _child(peers.LITERT_LM, b.file(b.manifest["graph"]["file"]),
+                                                    prefill, decode, threads)
+    _compare_ort_genai(b, report, prefill, decode, threads, text, skip, log)
+    source = _source_gguf(b, gguf)
+    if source is None:
+        skip("llama.cpp", "no GGUF for these weights: pass --gguf")
+    elif not (peers.llama_cpp_dir() / "llama_cpp").is_dir():
+        skip("llama.cpp", f"not built: benchmarks/build_peers.sh builds it into {peers.llama_cpp_dir()}")
+    else:
+        log(f"llama.cpp on {source.name} ...")
+        report["engines"]["llama.cpp"] = _child(peers.LLAMA_CPP, source, prefill, decode, threads, text,
+                                                env=_env_with(peers.llama_cpp_dir()))
+        report["engines"]["llama.cpp"]["weights"] = source.name
+
+
+def _compare_ort_genai(b, report, prefill, decode, threads, text, skip, log) -> None:
+    bits = b.manifest["precision"].get("quantization")
+    model = peers.ort_genai_models_dir() / f"gemma-3-270m-{bits}"
+    if _source_gguf(b, None) is None or bits not in ("int8", "int4"):
+        skip("onnxruntime-genai", "peer models exist for the built-in gemma-3-270m at int8/int4 only")
+    elif not (peers.ort_genai_dir() / "onnxruntime_genai").is_dir() or not (model / "genai_config.json").exists():
+        skip("onnxruntime-genai", "not built: benchmarks/build_peers.sh installs it and builds its models")
+    else:
+        log(f"onnxruntime-genai on its own {bits} build of the same weights ...")
+        report["engines"]["onnxruntime-genai"] = _child(peers.ORT_GENAI, model, prefill, decode, threads, text,
+                                                        env=_env_with(peers.ort_genai_dir()))
+        report["engines"]["onnxruntime-genai"]["weights"] = f"its builder, -p {bits}"
 
 
 def format_report(r: dict) -> str:
@@ -110,9 +175,17 @@ def format_report(r: dict) -> str:
              f"{'engine':<12}" + "".join(f"{label:>15}" for _, label, _ in keys)]
     for name, e in r["engines"].items():
         lines.append(f"{name:<12}" + "".join(f"{fmt.format(e[k]):>15}" for k, _, fmt in keys))
-    if "litert-lm" in r["engines"]:
-        ours, peer = r["engines"]["edgepack"], r["engines"]["litert-lm"]
-        lines.append(f"edgepack / LiteRT-LM: prefill {ours['prefill_tok_s'] / peer['prefill_tok_s']:.2f}x, "
-                     f"decode {ours['decode_tok_s'] / peer['decode_tok_s']:.2f}x, "
-                     f"peak RSS {ours['peak_rss_mib'] / peer['peak_rss_mib']:.2f}x")
+    ours = r["engines"]["edgepack"]
+    for name, peer in r["engines"].items():
+        if name != "edgepack":
+            lines.append(f"edgepack / {name}: prefill {ours['prefill_tok_s'] / peer['prefill_tok_s']:.2f}x, "
+                         f"decode {ours['decode_tok_s'] / peer['decode_tok_s']:.2f}x, "
+                         f"peak RSS {ours['peak_rss_mib'] / peer['peak_rss_mib']:.2f}x")
+    for name, why in r.get("skipped", {}).items():
+        lines.append(f"{name}: skipped ({why})")
+    if "roofline" in r:
+        rf = r["roofline"]
+        lines.append(f"roofline: {rf['decode_bytes'] / 2**20:,.0f} MiB read per decoded token at "
+                     f"{rf['read_bandwidth_gb_s']:.1f} GB/s -> at most {rf['decode_tok_s_limit']:.1f} tok/s; "
+                     f"edgepack decode at {ours['decode_tok_s'] / rf['decode_tok_s_limit']:.0%} of it")
     return "\n".join(lines)

@@ -76,7 +76,7 @@ def _eval(a) -> None:
 def _bench(a) -> None:
     from edgepack.bench import bench, format_report
 
-    report = bench(a.bundle, a.prefill, a.decode, a.threads, a.compare, a.text,
+    report = bench(a.bundle, a.prefill, a.decode, a.threads, a.compare, a.text, a.gguf,
                    log=lambda m: print(m, file=sys.stderr))
     print(json.dumps(report, indent=2) if a.json else format_report(report))
 
@@ -160,13 +160,19 @@ def parser() -> argparse.ArgumentParser:
 
     from edgepack.bench import DEFAULT_TEXT
 
-    k = sub.add_parser("bench", parents=[bundle_arg, threads_arg, json_arg], help="speed and memory of a bundle, side by side with LiteRT-LM",
+    k = sub.add_parser("bench", parents=[bundle_arg, threads_arg, json_arg],
+                       help="speed and memory of a bundle, side by side with LiteRT-LM and llama.cpp",
                        description="Load time, time to first token, prefill tok/s, decode tok/s (greedy) and "
-                                   "peak RSS, each engine in its own process. --compare adds LiteRT-LM on the "
-                                   "same .litertlm file.")
+                                   "peak RSS, each engine in its own process, and the decode roofline: bytes "
+                                   "read per token over the read bandwidth measured at the same thread count. "
+                                   "--compare adds the peers on the same weights: LiteRT-LM on the same "
+                                   ".litertlm file, llama.cpp on the source GGUF (built once by "
+                                   "benchmarks/build_peers.sh). Peers that are missing are skipped with a reason.")
     k.add_argument("--prefill", type=int, default=512, help="prompt tokens (default: 512)")
     k.add_argument("--decode", type=int, default=128, help="generated tokens (default: 128)")
-    k.add_argument("--compare", action="store_true", help="also run LiteRT-LM on the same .litertlm")
+    k.add_argument("--compare", action="store_true", help="also run the peers on the same weights")
+    k.add_argument("--gguf", help="the GGUF llama.cpp runs with --compare (default: the bundle's source, "
+                                  "when it is the built-in gemma-3-270m)")
     k.add_argument("--text", default=str(DEFAULT_TEXT), help="where the prompt comes from")
     k.set_defaults(func=_bench)
 

@@ -27,9 +27,10 @@ def v_cache_name(i: int) -> str:
     return f"kv_cache_v_{i}"
 
 
-def onnx_output_name(input_name: str) -> str:
-    """ONNX values are single-assignment, so an updated cache can't reuse its input's name."""
-    return f"{input_name}_out"
+def kv_slice_name(cache_name: str) -> str:
+    """ONNX graphs output only the K/V a call computed (kv_slice_k_i for kv_cache_k_i); the runtime
+    writes them into its cache at input_pos[0]."""
+    return cache_name.replace("kv_cache_", "kv_slice_", 1)
 
 
 def k_cache_shape(num_kv_heads: int, cache_len: int, head_dim: int) -> tuple[int, ...]:

@@ -9,6 +9,17 @@ def _mb(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
 
+def component_lines(components: dict) -> list[str]:
+    """One line per weight component: precisions, bytes, and how many tensors were transcoded
+    exactly from the source grid, re-rounded, or left in float."""
+    width = max([len(", ".join(c["precisions"])) for c in components.values()] + [9])
+    lines = [f"  {'component':<16} {'precision':<{width}} {'bytes':>12}  exact/rounded/float"]
+    for comp, c in components.items():
+        lines.append(f"  {comp:<16} {', '.join(c['precisions']):<{width}} {_mb(c['bytes']):>12}  "
+                     f"{c['exact']}/{c['rounded']}/{c['float']}")
+    return lines
+
+
 def summary(b: Bundle, checksums_verified: bool) -> dict:
     m = b.manifest
     cfg, g, tok = m["model"]["config"], m["graph"], m["tokenizer"]
@@ -44,6 +55,10 @@ def summary(b: Bundle, checksums_verified: bool) -> dict:
         f"KV cache     {info['cache_layers']} cache-owning layers x {info['max_context']} tokens",
         f"prefill      {info['prefill_lengths']}",
         f"precision    {m['precision']['weights']} (quantization: {m['precision']['quantization']})",
+    ]
+    if m["precision"].get("components"):
+        lines += component_lines(m["precision"]["components"])
+    lines += [
         f"tokens       bos {info['bos_id']}, stop {info['stop_ids']}, "
         f"chat template: {'yes' if info['chat_template'] else 'none (plain prompts)'}",
     ]

@@ -49,14 +49,18 @@ class Engine:
         self.vocab_size = int(g["vocab_size"])
         self.prefill_lengths = list(g["prefill_lengths"])
         self.inputs_kind = g["inputs"]  # "tokens" | "embeddings"
-        self.cache_shapes = contract.cache_shapes(g["cache_layers"], int(g["num_kv_heads"]), self.cache_len,
-                                                  int(g["head_dim"]))
+        self.cache_shapes = self.cache_shapes_of(b)
         self.cache_names = list(self.cache_shapes)
         stores = b.manifest.get("row_stores", {})
         self.stores = {name: RowStore(b.path, spec) for name, spec in stores.items()}
         cfg = b.manifest["model"]["config"]
         self.ple_shape = (cfg.get("num_hidden_layers"), cfg.get("hidden_size_per_layer_input"))
         self.reset()
+
+    @staticmethod
+    def cache_shapes_of(b: Bundle) -> dict[str, tuple[int, ...]]:
+        g = b.manifest["graph"]
+        return contract.cache_shapes(g["cache_layers"], int(g["num_kv_heads"]), b.max_context, int(g["head_dim"]))
 
     def reset(self) -> None:
         self.cache = {n: np.zeros(s, np.float32) for n, s in self.cache_shapes.items()}
@@ -115,12 +119,18 @@ class OnnxEngine(Engine):
         except Exception as e:  # onnxruntime raises its own exception types
             raise EdgepackError(f"onnxruntime cannot load {b.path}: {e}") from None
         super().__init__(b)
-        self.outputs = ["logits"] + [contract.onnx_output_name(n) for n in self.cache_names]
+        self.outputs = ["logits"] + [contract.kv_slice_name(n) for n in self.cache_names]
 
     def _run(self, ids, positions) -> np.ndarray:
-        feeds = self._inputs(ids, positions) | self.cache
-        logits, *caches = self.session.run(self.outputs, feeds)
-        self.cache = dict(zip(self.cache_names, caches))
+        # The graph reads the cache arrays without copying them and returns only the K/V it
+        # computed; they are written into the cache here, in place.
+        logits, *slices = self.session.run(self.outputs, self._inputs(ids, positions) | self.cache)
+        lo, hi = int(positions[0]), int(positions[0]) + len(ids)
+        for name, new in zip(self.cache_names, slices):
+            if name.startswith("kv_cache_k_"):
+                self.cache[name][:, :, lo:hi] = new
+            else:
+                self.cache[name][..., lo:hi] = new
         return logits[0, -1]
 
     def _run_prefill(self, ids, positions) -> None:
@@ -128,6 +138,35 @@ class OnnxEngine(Engine):
 
     def _run_decode(self, ids, positions) -> np.ndarray:
         return self._run(ids, positions)
+
+
+class _Signature:
+    """One signature of a LiteRT interpreter, fed through views on its own tensors.
+
+    The stock SignatureRunner resizes, re-allocates, copies every input in and every output out
+    on each call: for the KV cache that is the whole cache through numpy twice per token. Here the
+    cache lives in the signature's input tensors between calls and only the slots a call wrote
+    are copied back from its outputs. (Uses the runner's tensor indices; ai-edge-litert is pinned.)
+    """
+
+    def __init__(self, interpreter, name: str):
+        runner = interpreter.get_signature_runner(name)
+        self._w, self._sg = runner._interpreter_wrapper, runner._subgraph_index
+        self.inputs, self.outputs = dict(runner._inputs), dict(runner._outputs)
+        self._w.AllocateTensors(self._sg)
+
+    def input(self, name: str) -> np.ndarray:
+        """A writable view; drop it before invoke() (the interpreter refuses to run while
+        views into its buffers are alive)."""
+        return self._w.tensor(self._w, self.inputs[name], self._sg)
+
+    def output(self, name: str) -> np.ndarray:
+        return self._w.tensor(self._w, self.outputs[name], self._sg)
+
+    def invoke(self, feeds: dict[str, np.ndarray]) -> None:
+        for name, value in feeds.items():
+            self._w.SetTensor(self.inputs[name], value, self._sg)
+        self._w.Invoke(self._sg)
 
 
 class LiteRTEngine(Engine):
@@ -143,19 +182,40 @@ class LiteRTEngine(Engine):
             self.interpreter = Interpreter(model_content=self._model, num_threads=threads or default_threads())
         except Exception as e:
             raise EdgepackError(f"LiteRT cannot load {path}: {e}") from None
+        g = b.manifest["graph"]
+        self.prefill_sig = _Signature(self.interpreter, contract.prefill_signature(g["prefill_lengths"][0]))
+        self.decode_sig = _Signature(self.interpreter, contract.DECODE)
         super().__init__(b)
-        self.prefill_runner = self.interpreter.get_signature_runner(
-            contract.prefill_signature(self.prefill_lengths[0]))
-        self.decode_runner = self.interpreter.get_signature_runner(contract.DECODE)
+
+    def reset(self) -> None:
+        for sig in (self.prefill_sig, self.decode_sig):
+            for name in self.cache_names:
+                sig.input(name).fill(0.0)
+        self._holder = self.decode_sig  # the signature whose input tensors hold the current cache
+
+    def _run(self, sig: _Signature, ids: np.ndarray, positions: np.ndarray) -> None:
+        if sig is not self._holder:  # switching between prefill and decode: move the cache once
+            for name in self.cache_names:
+                sig.input(name)[...] = self._holder.input(name)
+            self._holder = sig
+        sig.invoke(self._inputs(ids, positions))
+        # The graph wrote len(ids) slots from input_pos[0], clamped to fit as DUS does.
+        lo = min(max(int(positions[0]), 0), self.cache_len - len(ids))
+        hi = lo + len(ids)
+        for name in self.cache_names:
+            dst, src = sig.input(name), sig.output(name)
+            if name.startswith("kv_cache_k_"):
+                dst[:, :, lo:hi] = src[:, :, lo:hi]
+            else:
+                dst[..., lo:hi] = src[..., lo:hi]
+            del dst, src
 
     def _run_prefill(self, ids, positions) -> None:
-        out = self.prefill_runner(**self._inputs(ids, positions), **self.cache)
-        self.cache = {n: out[n] for n in self.cache_names}
+        self._run(self.prefill_sig, ids, positions)
 
     def _run_decode(self, ids, positions) -> np.ndarray:
-        out = self.decode_runner(**self._inputs(ids, positions), **self.cache)
-        self.cache = {n: out[n] for n in self.cache_names}
-        return out["logits"][0, -1]
+        self._run(self.decode_sig, ids, positions)
+        return self.decode_sig.output("logits")[0, -1].copy()
 
 
 def open_engine(b: Bundle, threads: int | None = None) -> Engine:

