@@ -6,10 +6,18 @@ the quantized model still runs in torch, for tests) and whose ONNX translation i
 com.microsoft kernel, with the packed codes, scales and zero points as initializers named after
 the checkpoint's module. The tied embedding stores its codes once, as MatMulNBits' [N, blocks,
 bytes] layout, which GatherBlockQuantized also reads (quantize_axis=2, one block per last-axis row).
+
+Zero points: onnxruntime's fast blockwise kernels take them only as packed uint8 integers; float
+zero points send MatMulNBits down a reference path about 60x slower. Integer ones (our own
+asymmetric rounding) are packed as uint8. A GGUF Q4_K block (`d*sc*q - dmin*m`) has a
+fractional zero point, so it is stored exactly as codes with zero point 0 plus a per-block
+offset `s*zp`, subtracted as `blocksum(x) @ offsets.T`: a [T, K/block] x [K/block, N] float
+matmul, a few percent of the layer's work.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,14 +28,22 @@ from edgepack.converters.quantize import QTensor
 ACCURACY_LEVEL = 4
 
 
+def _nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., B] -> [..., 2B], low nibble first."""
+    return torch.stack([packed & 0x0F, packed >> 4], dim=-1).reshape(*packed.shape[:-1], -1)
+
+
 def _dequantize(packed: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor | None,
                 bits: int, block: int) -> torch.Tensor:
+    """MatMulNBits' weight: B [N, blocks, bytes], zero points packed uint8 [N, ceil(blocks*bits/8)]."""
     n, blocks = scales.shape[0], scales.numel() // scales.shape[0]
     codes = packed.reshape(n, blocks, -1)
     if bits == 4:
-        codes = torch.stack([codes & 0x0F, codes >> 4], dim=-1).reshape(n, blocks, block)
-    zp = zero_points.reshape(n, blocks) if zero_points is not None else torch.full_like(
-        scales.reshape(n, blocks), 2 ** (bits - 1))
+        codes = _nibbles(codes).reshape(n, blocks, block)
+    if zero_points is None:
+        zp = torch.full_like(scales.reshape(n, blocks), 2 ** (bits - 1))
+    else:
+        zp = (_nibbles(zero_points) if bits == 4 else zero_points)[:, :blocks].float()
     w = (codes.float() - zp[..., None]) * scales.reshape(n, blocks)[..., None]
     return w.reshape(n, blocks * block)
 
@@ -102,14 +118,28 @@ TRANSLATIONS = {torch.ops.edgepack.matmul_nbits.default: _onnx_matmul_nbits,
                 torch.ops.edgepack.gather_nbits.default: _onnx_gather_nbits}
 
 
+def _pack_zero_points(zp: np.ndarray, bits: int) -> np.ndarray:
+    z = np.rint(zp).astype(np.uint8)
+    if bits == 8:
+        return z
+    if z.shape[1] % 2:
+        z = np.pad(z, ((0, 0), (0, 1)))
+    return z[:, 0::2] | (z[:, 1::2] << 4)
+
+
 def _buffers(module: nn.Module, q: QTensor) -> None:
     n, k = q.shape
+    blocks = k // q.block
     module.bits, module.block = q.bits, q.block
-    module.register_buffer("qweight", torch.from_numpy(q.packed().reshape(n, k // q.block, -1).copy()))
+    module.register_buffer("qweight", torch.from_numpy(q.packed().reshape(n, blocks, -1).copy()))
     module.register_buffer("scales", torch.from_numpy(q.scales.copy()))
-    zp = q.zero_points if q.zero_points is not None else q.scales[:, :1] * 0  # unused placeholder
-    module.has_zp = q.zero_points is not None
-    module.register_buffer("zero_points", torch.from_numpy(zp.copy()))
+    zp, offsets = q.zero_points, None
+    if zp is not None and not np.array_equal(zp, np.rint(zp)):  # fractional (GGUF Q4_K): see above
+        zp, offsets = np.zeros_like(zp), q.scales.reshape(n, blocks) * zp.reshape(n, blocks)
+    module.has_zp = zp is not None
+    packed_zp = _pack_zero_points(zp.reshape(n, blocks), q.bits) if zp is not None else np.zeros((n, 1), np.uint8)
+    module.register_buffer("zero_points", torch.from_numpy(packed_zp))
+    module.register_buffer("block_offsets", None if offsets is None else torch.from_numpy(offsets.astype(np.float32)))
 
 
 class QuantLinear(nn.Module):
@@ -118,7 +148,10 @@ class QuantLinear(nn.Module):
         _buffers(self, q)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return matmul_nbits(x, self.qweight, self.scales, self.zero_points, self.bits, self.block, self.has_zp)
+        y = matmul_nbits(x, self.qweight, self.scales, self.zero_points, self.bits, self.block, self.has_zp)
+        if self.block_offsets is not None:
+            y = y - torch.matmul(x.reshape(*x.shape[:-1], -1, self.block).sum(-1), self.block_offsets.T)
+        return y
 
 
 class QuantTiedEmbedding(nn.Module):

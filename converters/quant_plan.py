@@ -2,7 +2,7 @@
 
 Both exporters follow the same plan. A tensor is left float when its component is float in the
 recipe or its rows don't split into the recipe's blocks. A GGUF tensor whose grid the format holds
-exactly is transcoded (ONNX: Q8_0/Q5_0/Q6_K as 8-bit, Q4_K as 4-bit with float zero points); with
+exactly is transcoded (ONNX: Q8_0/Q5_0/Q6_K as 8-bit, Q4_K as 4-bit codes plus per-block offsets); with
 `source_grid: keep`, a GGUF grid finer than the requested bits is stored at 8 bits rather than
 rounded again. Everything else is rounded to the recipe's grid (TFLite: by ai-edge-quantizer).
 """

@@ -58,20 +58,24 @@ LLAMA_CPP = """
 import json, sys, time
 import numpy as np
 t0 = time.perf_counter()
+import llama_cpp
 from llama_cpp import Llama
 prefill, decode, threads = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 llm = Llama(model_path=sys.argv[1], n_ctx=prefill + decode + 8, n_batch=512, n_threads=threads,
             n_threads_batch=threads, verbose=False)
 load = time.perf_counter() - t0
 ids = llm.tokenize(open(sys.argv[5], errors="replace").read().encode(), add_bos=True)[:prefill]
+vocab = llm.n_vocab()
+def next_token():  # greedy, from the last position's logits (the C API's view, no copy)
+    return int(np.argmax(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(vocab,))))
 t0 = time.perf_counter()
 llm.eval(ids)
-token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+token = next_token()
 ttft = time.perf_counter() - t0
 t0 = time.perf_counter()
 for _ in range(decode):
     llm.eval([token])
-    token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    token = next_token()
 elapsed = time.perf_counter() - t0
 print(json.dumps({"load_s": load, "ttft_s": ttft, "prefill_tok_s": len(ids) / ttft, "decode_tok_s": decode / elapsed}))
 """

@@ -17,6 +17,11 @@ def test_bench_reports_edgepack_and_litert_lm(bundle, capsys):
     for engine in report["engines"].values():
         for key in ("load_s", "ttft_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mib"):
             assert engine[key] > 0, (engine, key)
+    # a safetensors source: no GGUF for llama.cpp, no onnxruntime-genai build; each says why
+    assert set(report["skipped"]) == {"llama.cpp", "onnxruntime-genai"}
+    assert "GGUF" in report["skipped"]["llama.cpp"]
+    roofline = report["roofline"]
+    assert roofline["read_bandwidth_gb_s"] > 0 and roofline["decode_tok_s_limit"] > 0
 
 
 def test_bench_refuses_more_tokens_than_the_context(bundle, capsys):

@@ -59,10 +59,16 @@ def test_recipes_load_and_reject_bad_files(tmp_path):
 
 def _ort_dequantize(b, scales, zp, bits: int, block: int) -> np.ndarray:
     """onnxruntime's MatMulNBits weight, from its contrib-op spec: B [N, blocks, bytes], codes
-    low nibble first, value (code - zero_point) * scale, zero point 2^(bits-1) if absent."""
+    low nibble first, value (code - zero_point) * scale; zero points uint8, packed like the codes
+    ([N, ceil(blocks * bits / 8)]), 2^(bits-1) if absent."""
     n, blocks = b.shape[0], b.shape[1]
     codes = np.stack([b & 15, b >> 4], -1).reshape(n, blocks, block) if bits == 4 else b
-    zp = np.full((n, blocks), 2 ** (bits - 1)) if zp is None else zp.reshape(n, blocks)
+    if zp is None:
+        zp = np.full((n, blocks), 2 ** (bits - 1))
+    else:
+        assert zp.dtype == np.uint8  # onnxruntime's fast kernels take no float zero points
+        zp = (np.stack([zp & 15, zp >> 4], -1).reshape(n, -1) if bits == 4 else zp)[:, :blocks]
+    codes, zp = codes.astype(np.float32), zp.astype(np.float32)
     return ((codes - zp[..., None]) * scales.reshape(n, blocks)[..., None]).reshape(n, blocks * block)
 
 
