@@ -5,6 +5,7 @@ Prompt: the first tokens of /usr/share/common-licenses/GPL-3 (or --text)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -131,9 +132,7 @@ def _compare(b, report: dict, prefill: int, decode: int, threads: int, text: Pat
     if b.format != "litertlm":
         skip("litert-lm", "it runs .litertlm bundles only")
     else:
-        try:
-            import litert_lm  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("litert_lm") is None:  # not imported here: it starts a LiteRT runtime
             skip("litert-lm", "not installed: pip install litert-lm-api")
         else:
             log("LiteRT-LM on the same .litertlm ...")

@@ -7,7 +7,12 @@ the graph contract in edgepack/contract.py.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
+import sys
+import types
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -140,82 +145,83 @@ class OnnxEngine(Engine):
         return self._run(ids, positions)
 
 
-class _Signature:
-    """One signature of a LiteRT interpreter, fed through views on its own tensors.
-
-    The stock SignatureRunner resizes, re-allocates, copies every input in and every output out
-    on each call: for the KV cache that is the whole cache through numpy twice per token. Here the
-    cache lives in the signature's input tensors between calls and only the slots a call wrote
-    are copied back from its outputs. (Uses the runner's tensor indices; ai-edge-litert is pinned.)
-    """
-
-    def __init__(self, interpreter, name: str):
-        runner = interpreter.get_signature_runner(name)
-        self._w, self._sg = runner._interpreter_wrapper, runner._subgraph_index
-        self.inputs, self.outputs = dict(runner._inputs), dict(runner._outputs)
-        self._w.AllocateTensors(self._sg)
-
-    def input(self, name: str) -> np.ndarray:
-        """A writable view; drop it before invoke() (the interpreter refuses to run while
-        views into its buffers are alive)."""
-        return self._w.tensor(self._w, self.inputs[name], self._sg)
-
-    def output(self, name: str) -> np.ndarray:
-        return self._w.tensor(self._w, self.outputs[name], self._sg)
-
-    def invoke(self, feeds: dict[str, np.ndarray]) -> None:
-        for name, value in feeds.items():
-            self._w.SetTensor(self.inputs[name], value, self._sg)
-        self._w.Invoke(self._sg)
-
-
 class LiteRTEngine(Engine):
+    """LiteRT's CompiledModel API, driven the way LiteRT-LM's CPU executor drives it: one
+    TensorBuffer per cache tensor, bound as both the input and the output of every signature, so
+    the graph's dynamic_update_slice writes the new K/V in place. No step copies the cache, and
+    prefill and decode share it without a hand-over (the Interpreter's signature runners copy
+    the whole cache in and out on every call)."""
+
     def __init__(self, b: Bundle, threads: int | None = None):
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert import options
+        from ai_edge_litert.compiled_model import CompiledModel
 
         main = next(s for s in b.manifest["graph"]["sections"] if s["model_type"] == "tf_lite_prefill_decode")
         path = Path(b.file(b.manifest["graph"]["file"]))
         with open(path, "rb") as f:
             f.seek(main["offset"])
             self._model = f.read(main["size"])
-        try:
-            self.interpreter = Interpreter(model_content=self._model, num_threads=threads or default_threads())
-        except Exception as e:
-            raise EdgepackError(f"LiteRT cannot load {path}: {e}") from None
         g = b.manifest["graph"]
-        self.prefill_sig = _Signature(self.interpreter, contract.prefill_signature(g["prefill_lengths"][0]))
-        self.decode_sig = _Signature(self.interpreter, contract.DECODE)
+        self.prefill_sig, self.decode_sig = contract.prefill_signature(g["prefill_lengths"][0]), contract.DECODE
+        cache = set(contract.cache_names(g["cache_layers"]))
+        # Every LiteRT object lives in `rt`, released (quietly) when the engine goes or at exit.
+        self.rt = types.SimpleNamespace()
+        weakref.finalize(self, _release_quietly, self.rt)
+        cpu = options.CpuOptions(num_threads=threads or default_threads())
+        with _native_stderr_silenced():  # the runtime logs each accelerator it probes, at INFO
+            try:
+                self.rt.model = CompiledModel.from_buffer(self._model, options=options.Options(cpu_options=cpu))
+            except Exception as e:
+                raise EdgepackError(f"LiteRT cannot load {path}: {e}") from None
+            model = self.rt.model
+            self.rt.cache = {n: model.create_input_buffer_by_name(self.decode_sig, n) for n in cache}
+            self.rt.inputs = {sig: {n: model.create_input_buffer_by_name(sig, n)
+                                    for n in model.get_input_tensor_details(sig) if n not in cache}
+                              for sig in (self.prefill_sig, self.decode_sig)}
+            self.rt.logits = model.create_output_buffer_by_name(self.decode_sig, "logits")
         super().__init__(b)
 
     def reset(self) -> None:
-        for sig in (self.prefill_sig, self.decode_sig):
-            for name in self.cache_names:
-                sig.input(name).fill(0.0)
-        self._holder = self.decode_sig  # the signature whose input tensors hold the current cache
+        with _native_stderr_silenced():  # the first write into a buffer can start an environment
+            for name, shape in self.cache_shapes.items():
+                self.rt.cache[name].write(np.zeros(shape, np.float32))
 
-    def _run(self, sig: _Signature, ids: np.ndarray, positions: np.ndarray) -> None:
-        if sig is not self._holder:  # switching between prefill and decode: move the cache once
-            for name in self.cache_names:
-                sig.input(name)[...] = self._holder.input(name)
-            self._holder = sig
-        sig.invoke(self._inputs(ids, positions))
-        # The graph wrote len(ids) slots from input_pos[0], clamped to fit as DUS does.
-        lo = min(max(int(positions[0]), 0), self.cache_len - len(ids))
-        hi = lo + len(ids)
-        for name in self.cache_names:
-            dst, src = sig.input(name), sig.output(name)
-            if name.startswith("kv_cache_k_"):
-                dst[:, :, lo:hi] = src[:, :, lo:hi]
-            else:
-                dst[..., lo:hi] = src[..., lo:hi]
-            del dst, src
+    def _run(self, sig: str, ids: np.ndarray, positions: np.ndarray) -> None:
+        inputs = self.rt.inputs[sig]
+        for name, value in self._inputs(ids, positions).items():
+            inputs[name].write(value)
+        outputs = dict(self.rt.cache)
+        if sig == self.decode_sig:
+            outputs["logits"] = self.rt.logits
+        self.rt.model.run_by_name(sig, inputs | self.rt.cache, outputs)
 
     def _run_prefill(self, ids, positions) -> None:
         self._run(self.prefill_sig, ids, positions)
 
     def _run_decode(self, ids, positions) -> np.ndarray:
         self._run(self.decode_sig, ids, positions)
-        return self.decode_sig.output("logits")[0, -1].copy()
+        return self.rt.logits.read(self.vocab_size, np.float32)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Points file descriptor 2 at /dev/null for a while: LiteRT's C++ logger writes there
+    directly and has no Python switch. Python errors still surface as exceptions."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def _release_quietly(rt: types.SimpleNamespace) -> None:
+    with _native_stderr_silenced():
+        rt.__dict__.clear()
+        gc.collect()
 
 
 def open_engine(b: Bundle, threads: int | None = None) -> Engine:
