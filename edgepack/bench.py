@@ -71,13 +71,8 @@ def decode_bytes(b) -> int:
     as the LM head) and the whole KV cache, which the graphs attend over at every step."""
     from edgepack.runtime.engines import Engine
 
-    g = b.manifest["graph"]
-    if b.format == "onnx":
-        weights = sum(f["size"] for f in b.manifest["files"] if f["role"] in ("graph", "weights"))
-    else:
-        weights = next(s["size"] for s in g["sections"] if s["model_type"] == "tf_lite_prefill_decode")
     shapes = Engine.cache_shapes_of(b)
-    return weights + sum(4 * int(np.prod(s)) for s in shapes.values())
+    return b.graph_bytes + sum(4 * int(np.prod(s)) for s in shapes.values())
 
 
 def _source_gguf(b, gguf: str | None) -> Path | None:

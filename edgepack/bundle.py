@@ -128,3 +128,12 @@ class Bundle:
     @property
     def max_context(self) -> int:
         return int(self.manifest["max_context"])
+
+    @property
+    def graph_bytes(self) -> int:
+        """Bytes of the prefill/decode graph: every weight a decode step reads (the LM head
+        included), but not the row stores kept outside it."""
+        if self.format == "onnx":
+            return sum(f["size"] for f in self.manifest["files"] if f["role"] in ("graph", "weights"))
+        return next(s["size"] for s in self.manifest["graph"]["sections"]
+                    if s["model_type"] == "tf_lite_prefill_decode")

@@ -46,7 +46,7 @@ def _run(a) -> None:
     # Checked before loading: a bundle can take seconds to load.
     sampling = SamplingParams(a.temperature, a.top_k, a.top_p, a.seed).validate()
     check_max_new_tokens(a.max_new_tokens)
-    gen = Generator(a.bundle, threads=a.threads, verify=not a.no_verify)
+    gen = Generator(a.bundle, threads=a.threads, verify=not a.no_verify, memory_check=not a.no_memory_check)
     for piece in gen.stream(a.prompt, a.max_new_tokens, sampling, chat=a.chat):
         sys.stdout.write(piece)
         sys.stdout.flush()
@@ -147,6 +147,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     r.add_argument("--chat", action="store_true", help="wrap the prompt in the bundle's chat template")
     r.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle files")
+    r.add_argument("--no-memory-check", action="store_true",
+                   help="load even when the predicted peak memory is over this process's budget "
+                        "(cgroup limit or available RAM); the kernel may then kill the run")
     r.set_defaults(func=_run)
 
     v = sub.add_parser("eval", parents=[bundle_arg, threads_arg, json_arg], help="perplexity of a bundle on a text; agreement with a reference",

@@ -7,13 +7,7 @@ the graph contract in edgepack/contract.py.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
-import sys
-import types
-import weakref
-from pathlib import Path
 
 import numpy as np
 
@@ -145,86 +139,11 @@ class OnnxEngine(Engine):
         return self._run(ids, positions)
 
 
-class LiteRTEngine(Engine):
-    """LiteRT's CompiledModel API, driven the way LiteRT-LM's CPU executor drives it: one
-    TensorBuffer per cache tensor, bound as both the input and the output of every signature, so
-    the graph's dynamic_update_slice writes the new K/V in place. No step copies the cache, and
-    prefill and decode share it without a hand-over (the Interpreter's signature runners copy
-    the whole cache in and out on every call)."""
-
-    def __init__(self, b: Bundle, threads: int | None = None):
-        from ai_edge_litert import options
-        from ai_edge_litert.compiled_model import CompiledModel
-
-        main = next(s for s in b.manifest["graph"]["sections"] if s["model_type"] == "tf_lite_prefill_decode")
-        path = Path(b.file(b.manifest["graph"]["file"]))
-        with open(path, "rb") as f:
-            f.seek(main["offset"])
-            self._model = f.read(main["size"])
-        g = b.manifest["graph"]
-        self.prefill_sig, self.decode_sig = contract.prefill_signature(g["prefill_lengths"][0]), contract.DECODE
-        cache = set(contract.cache_names(g["cache_layers"]))
-        # Every LiteRT object lives in `rt`, released (quietly) when the engine goes or at exit.
-        self.rt = types.SimpleNamespace()
-        weakref.finalize(self, _release_quietly, self.rt)
-        cpu = options.CpuOptions(num_threads=threads or default_threads())
-        with _native_stderr_silenced():  # the runtime logs each accelerator it probes, at INFO
-            try:
-                self.rt.model = CompiledModel.from_buffer(self._model, options=options.Options(cpu_options=cpu))
-            except Exception as e:
-                raise EdgepackError(f"LiteRT cannot load {path}: {e}") from None
-            model = self.rt.model
-            self.rt.cache = {n: model.create_input_buffer_by_name(self.decode_sig, n) for n in cache}
-            self.rt.inputs = {sig: {n: model.create_input_buffer_by_name(sig, n)
-                                    for n in model.get_input_tensor_details(sig) if n not in cache}
-                              for sig in (self.prefill_sig, self.decode_sig)}
-            self.rt.logits = model.create_output_buffer_by_name(self.decode_sig, "logits")
-        super().__init__(b)
-
-    def reset(self) -> None:
-        with _native_stderr_silenced():  # the first write into a buffer can start an environment
-            for name, shape in self.cache_shapes.items():
-                self.rt.cache[name].write(np.zeros(shape, np.float32))
-
-    def _run(self, sig: str, ids: np.ndarray, positions: np.ndarray) -> None:
-        inputs = self.rt.inputs[sig]
-        for name, value in self._inputs(ids, positions).items():
-            inputs[name].write(value)
-        outputs = dict(self.rt.cache)
-        if sig == self.decode_sig:
-            outputs["logits"] = self.rt.logits
-        self.rt.model.run_by_name(sig, inputs | self.rt.cache, outputs)
-
-    def _run_prefill(self, ids, positions) -> None:
-        self._run(self.prefill_sig, ids, positions)
-
-    def _run_decode(self, ids, positions) -> np.ndarray:
-        self._run(self.decode_sig, ids, positions)
-        return self.rt.logits.read(self.vocab_size, np.float32)
-
-
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """Points file descriptor 2 at /dev/null for a while: LiteRT's C++ logger writes there
-    directly and has no Python switch. Python errors still surface as exceptions."""
-    sys.stderr.flush()
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
-
-
-def _release_quietly(rt: types.SimpleNamespace) -> None:
-    with _native_stderr_silenced():
-        rt.__dict__.clear()
-        gc.collect()
-
-
 def open_engine(b: Bundle, threads: int | None = None) -> Engine:
     if threads is not None and threads < 1:
         raise EdgepackError(f"--threads must be >= 1, got {threads}")
-    return (OnnxEngine if b.format == "onnx" else LiteRTEngine)(b, threads)
+    if b.format == "onnx":
+        return OnnxEngine(b, threads)
+    from edgepack.runtime.litert_engine import litert_engine
+
+    return litert_engine(b, threads)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 from pathlib import Path
 from typing import Callable, Iterator
@@ -16,6 +17,7 @@ import numpy as np
 
 from edgepack.bundle import Bundle
 from edgepack.errors import EdgepackError
+from edgepack.footprint import check_fits
 from edgepack.runtime.engines import open_engine
 from edgepack.runtime.sampling import Sampler, SamplingParams
 
@@ -27,13 +29,19 @@ class StepResult:
 
 
 class Generator:
-    def __init__(self, bundle: str | Path | Bundle, threads: int | None = None, verify: bool = True):
+    """`verify` checks every file's sha256; `memory_check` refuses, before anything big is read,
+    a bundle whose predicted peak (edgepack/footprint.py) is over what this process may use."""
+
+    def __init__(self, bundle: str | Path | Bundle, threads: int | None = None, verify: bool = True,
+                 memory_check: bool = True):
         from tokenizers import Tokenizer
 
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
         self.bundle.verify(checksums=verify)
+        self.footprint = check_fits(self.bundle) if memory_check else None
         tok = self.bundle.manifest["tokenizer"]
         self.tokenizer = Tokenizer.from_file(str(self.bundle.file(tok["file"])))
+        _release_freed_heap()  # parsing 262k pieces leaves ~200 MB freed but still mapped
         self.bos_id, self.add_bos = int(tok["bos_id"]), bool(tok["add_bos"])
         self.stop_ids = set(int(i) for i in tok["stop_ids"])
         self.chat_template = self.bundle.manifest.get("chat_template")
@@ -101,6 +109,14 @@ class Generator:
     def generate(self, prompt: str, max_new_tokens: int = 128, sampling: SamplingParams | None = None,
                  chat: bool = False) -> str:
         return "".join(self.stream(prompt, max_new_tokens, sampling, chat))
+
+
+def _release_freed_heap() -> None:
+    """Hands glibc's freed heap back to the kernel (a no-op elsewhere)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def check_max_new_tokens(n: int) -> None:

@@ -20,6 +20,10 @@ from safetensors.torch import save_file
 
 from edgepack.converters.builtin import extend_vocab
 
+TINY_CONTEXT = 64  # cache length of the tiny bundles
+TINY_PREFILL = 8  # short prefill graph, so prompts longer than it go in chunks
+MODELS = ("gemma3n_multimodal", "gemma3n_causal", "gemma3")
+
 SLIDING = "sliding_attention"
 FULL = "full_attention"
 

@@ -1,6 +1,7 @@
 """Bundles against transformers: greedy tokens equal, per-step logits within 1e-3.
 
-Both formats, three tiny checkpoints (Gemma 3n multimodal layout with KV sharing, activation
+Both formats (the .litertlm through both of LiteRT's APIs: CompiledModel, and the Interpreter that
+cores without LSE atomics use), three tiny checkpoints (Gemma 3n multimodal layout with KV sharing, activation
 sparsity, AltUp, LAuReL; Gemma 3n causal in another shape; Gemma 3). The sliding window (8 and 6
 tokens) is far shorter than prompt + 32 generated tokens, and one prompt is longer than the
 8-token prefill graph, so chunked prefill and window masking are both exercised.
@@ -12,7 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FORMATS, MODELS
+from checkpoints import MODELS
+
+# (format, LiteRT API): the Interpreter is what a Raspberry Pi 4 runs (runtime/litert_engine.py)
+ENGINES = [("litertlm", "compiled"), ("litertlm", "interpreter"), ("onnx", None)]
 
 PROMPTS = [
     "The capital of France is",
@@ -29,12 +33,16 @@ def reference_greedy(model, ids: list[int], n: int):
     return out.sequences[0, len(ids):].tolist(), [l[0].numpy() for l in out.logits]
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt,api", ENGINES)
 @pytest.mark.parametrize("name", MODELS)
-def test_greedy_and_logits_match_transformers(name, fmt, bundle, reference):
+def test_greedy_and_logits_match_transformers(name, fmt, api, bundle, reference, monkeypatch):
     from edgepack.runtime import Generator
+    from edgepack.runtime.litert_engine import API_ENV
 
+    if api:
+        monkeypatch.setenv(API_ENV, api)
     gen = Generator(bundle(name, fmt))
+    assert getattr(gen.engine, "api", None) == api
     window = gen.bundle.manifest["model"]["config"]["sliding_window"]
     assert any(len(gen.encode(p)) > 8 for p in PROMPTS)  # one prompt needs chunked prefill
     assert len(gen.encode(PROMPTS[2])) + NEW_TOKENS > 3 * window  # generation runs past the window

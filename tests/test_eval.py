@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import TINY_CONTEXT
+from checkpoints import TINY_CONTEXT
 
 GPL3 = Path("/usr/share/common-licenses/GPL-3")  # ships with Debian
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import gemma_gguf
+from edgepack.converters.builtin import gemma_gguf
 
 PROMPT = "The capital of France is"
 NEW_TOKENS = 16

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import MODELS
+from checkpoints import MODELS
 
 PROMPTS = ["The capital of France is", "Once upon a time, in a land far away, there lived a small dragon who"]
 NEW_TOKENS = 16

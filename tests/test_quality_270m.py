@@ -40,13 +40,11 @@ def fp32_perplexity() -> float:
     pytest.param("litertlm", "int8", 1.01, marks=pytest.mark.xfail(strict=True, reason=DYNAMIC_RANGE)),
     pytest.param("litertlm", "int4", 1.03, marks=pytest.mark.xfail(strict=True, reason=SYMMETRIC_INT4)),
 ])
-def test_quantized_270m_keeps_perplexity(fmt, quant, limit, fp32_perplexity, tmp_path):
-    from edgepack.converters.export import ExportOptions, export
+def test_quantized_270m_keeps_perplexity(fmt, quant, limit, fp32_perplexity, bundle_270m):
     from edgepack.runtime.evaluate import evaluate
 
     assert 15.8 < fp32_perplexity < 15.95  # transformers' fp32 figure for this text (15.87)
-    folder = export(gemma_gguf(), tmp_path / f"270m-{fmt}-{quant}", ExportOptions(format=fmt, quant=quant),
-                    log=lambda m: None)
+    folder = bundle_270m(fmt, quant)
     result = evaluate(folder, GPL3.read_text(), TOKENS)
     assert result.tokens == TOKENS - 1
     assert result.perplexity <= fp32_perplexity * limit, (

@@ -1,6 +1,8 @@
-"""Session fixtures: the real Gemma tokenizer, tiny checkpoints, and bundles exported from them.
+"""Session fixtures shared by tests/ and device_tests/: the real Gemma tokenizer, tiny checkpoints,
+bundles exported from them, and the real Gemma 3 270M's quantized bundles.
 
-Every bundle is exported once per session through the same code path as `edgepack export`.
+Every bundle is exported once per session through the same code path as `edgepack export`, so the
+device suite runs on the very bundles the host tests checked against transformers.
 """
 
 from __future__ import annotations
@@ -11,16 +13,12 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "tests"))
 
 import checkpoints  # noqa: E402
+from checkpoints import TINY_CONTEXT, TINY_PREFILL  # noqa: E402
 
-from edgepack.converters.builtin import gemma_gguf  # noqa: E402,F401  (tests import it from here)
-
-TINY_CONTEXT = 64  # cache length of the tiny bundles
-TINY_PREFILL = 8  # short prefill graph, so prompts longer than it go in chunks
-MODELS = ("gemma3n_multimodal", "gemma3n_causal", "gemma3")
-FORMATS = ("litertlm", "onnx")
+from edgepack.converters.builtin import gemma_gguf  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -79,5 +77,21 @@ def bundle(tmp_path_factory, checkpoint):
             opts = ExportOptions(format=fmt, quant=quant, max_context=TINY_CONTEXT, prefill_len=TINY_PREFILL)
             made[name, fmt, quant] = export(checkpoint(name), out, opts, log=lambda m: None)
         return made[name, fmt, quant]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def bundle_270m(tmp_path_factory):
+    """The real Gemma 3 270M exported with a named recipe and the CLI's defaults."""
+    from edgepack.converters.export import ExportOptions, export
+
+    made = {}
+
+    def get(fmt: str, quant: str) -> Path:
+        if (fmt, quant) not in made:
+            out = tmp_path_factory.mktemp("b270") / f"270m-{fmt}-{quant}"
+            made[fmt, quant] = export(gemma_gguf(), out, ExportOptions(format=fmt, quant=quant), log=lambda m: None)
+        return made[fmt, quant]
 
     return get

@@ -1,0 +1,63 @@
+"""Runs on the device (and, for comparison, on the host): greedy generation with edgepack's
+runtime, printed as one JSON line. Standalone on purpose: a board has only `edgepack[runtime]`.
+
+    python3 on_device.py BUNDLE [BUNDLE ...] --prompt TEXT [--prompt TEXT ...] --tokens N
+
+For every bundle and prompt: the prompt's token ids, the greedy tokens, and each step's eight
+largest logits (ids and values), so the host can compare numbers as well as tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+
+import numpy as np
+
+TOP = 8
+
+
+def peak_rss() -> int:
+    """The process's high-water RSS (VmHWM; ru_maxrss would carry a parent's peak across exec)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("bundles", nargs="+")
+    p.add_argument("--prompt", action="append", required=True)
+    p.add_argument("--tokens", type=int, default=16)
+    p.add_argument("--no-memory-check", action="store_true")
+    a = p.parse_args()
+
+    from edgepack.errors import EdgepackError
+    from edgepack.runtime import Generator
+    from edgepack.runtime.engines import default_threads
+
+    runs = []
+    for path in a.bundles:
+        try:
+            gen = Generator(path, memory_check=not a.no_memory_check)
+        except EdgepackError as e:
+            print(f"edgepack: error: {e}", file=sys.stderr)
+            return 2
+        for prompt in a.prompt:
+            ids = gen.encode(prompt)
+            steps = []
+            list(gen.generate_ids(ids, a.tokens, on_step=steps.append))
+            top = [np.argsort(s.logits)[::-1][:TOP] for s in steps]
+            runs.append({"bundle": path, "engine": type(gen.engine).__name__, "prompt": prompt, "prompt_ids": ids,
+                         "tokens": [s.token for s in steps],
+                         "top_ids": [t.tolist() for t in top],
+                         "top_logits": [s.logits[t].tolist() for s, t in zip(steps, top)]})
+        del gen
+    print(json.dumps({"machine": platform.machine(), "threads": default_threads(),
+                      "peak_rss": peak_rss(), "runs": runs}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

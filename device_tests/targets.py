@@ -1,0 +1,254 @@
+"""Where the device suite runs: emulated Raspberry Pis (qemu-user), a real board over SSH, or an
+Android phone over adb (Termux + a Debian proot). Each target runs `python3 on_device.py ...` and
+`python3 -m edgepack.cli ...` with edgepack's runtime-only install, optionally under a memory
+limit standing for a smaller board, and reports the exit code, output and peak memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ON_DEVICE = HERE / "on_device.py"
+
+# /proc/cpuinfo of each board (onnxruntime reads it; qemu would otherwise show the host's x86 one).
+# Cortex-A72 (Pi 4) has no LSE atomics; Cortex-A76 (Pi 5) has them.
+CPUINFO = {
+    "cortex-a72": ("fp asimd evtstrm crc32 cpuid", "0xd08", 3),
+    "cortex-a76": ("fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc "
+                   "dcpop asimddp", "0xd0b", 1),
+}
+
+
+class Unavailable(Exception):
+    """The target can't run here (no board given, no adb): the suite skips it with this line."""
+
+
+@dataclasses.dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+    peak: int | None = None  # bytes, where the target measures it (the memory limit's cgroup)
+    oom_killed: bool = False
+
+
+class Emulated:
+    """A Raspberry Pi model under qemu-aarch64-static: its CPU (QEMU_CPU), its /proc/cpuinfo, an
+    arm64 bookworm root with the runtime's aarch64 wheels (device_tests/rootfs.py). Bundles are
+    reached by their host paths (qemu falls back to the host's files outside the root)."""
+
+    def __init__(self, name: str, cpu: str):
+        self.name, self.cpu = name, cpu
+
+    def prepare(self) -> dict:
+        if not shutil.which("qemu-aarch64-static"):
+            raise Unavailable(f"{self.name}: qemu-aarch64-static is not installed "
+                              "(scripts/setup installs it: apt-get install qemu-user-static)")
+        from device_tests import rootfs
+
+        self.env = rootfs.prepare(log=lambda m: print(m, file=sys.stderr))
+        # Each board gets its own root (hard links) with its own /proc/cpuinfo.
+        self.root = self.env["root"].parent / f"root-{self.cpu}"
+        if not self.root.exists():
+            subprocess.run(["cp", "-al", str(self.env["root"]), str(self.root)], check=True)
+        features, part, rev = CPUINFO[self.cpu]
+        cpuinfo = self.root / "proc" / "cpuinfo"
+        cpuinfo.unlink(missing_ok=True)
+        cpuinfo.write_text("".join(
+            f"processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\n"
+            f"CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: {part}\nCPU revision\t: {rev}\n\n"
+            for i in range(os.cpu_count() or 1)))
+        return {"cpu": self.cpu, "versions": self.env["versions"]}
+
+    def path(self, host_path: Path) -> str:
+        return str(host_path)
+
+    def run(self, args: list[str], memory_limit: int | None = None, timeout: float = 1800) -> Result:
+        env = {"PATH": "/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8", "QEMU_CPU": self.cpu,
+               "PYTHONPATH": f"{self.env['app']}:{self.env['site']}", "PYTHONDONTWRITEBYTECODE": "1"}
+        for var in ("EDGEPACK_LITERT_API",):
+            if var in os.environ:
+                env[var] = os.environ[var]
+        cmd = ["qemu-aarch64-static", "-L", str(self.root), str(self.root / "usr/bin/python3"), *args]
+        if memory_limit is None:
+            p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+            return Result(p.returncode, p.stdout, p.stderr)
+        with MemoryCgroup(memory_limit) as cg:
+            p = subprocess.run(cg.wrap(cmd), env=env, capture_output=True, text=True, timeout=timeout)
+            return Result(p.returncode, p.stdout, p.stderr, cg.peak(), cg.oom_killed())
+
+
+class MemoryCgroup:
+    """A child memory cgroup (v1 or v2) of this process's own, with a hard limit and no swap: the
+    kernel kills the run at the limit, as on a swapless board."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.dir = None
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, rel = line.split(":", 2)
+            if "memory" in controllers.split(","):
+                self.v2, parent = False, Path("/sys/fs/cgroup/memory") / rel.lstrip("/")
+                break
+        else:
+            self.v2, parent = True, Path("/sys/fs/cgroup") / Path("/proc/self/cgroup").read_text().split("::", 1)[1].strip().lstrip("/")
+        self.parent = parent
+
+    def __enter__(self) -> "MemoryCgroup":
+        self.dir = self.parent / f"edgepack-device-{os.getpid()}-{id(self)}"
+        try:
+            self.dir.mkdir()
+            if self.v2:
+                (self.dir / "memory.max").write_text(str(self.limit))
+                (self.dir / "memory.swap.max").write_text("0")
+            else:
+                (self.dir / "memory.limit_in_bytes").write_text(str(self.limit))
+        except OSError as e:
+            self.dir = None
+            raise Unavailable(f"can't make a memory cgroup under {self.parent}: {e}") from None
+        return self
+
+    def wrap(self, cmd: list[str]) -> list[str]:
+        """The command, started inside the cgroup."""
+        return ["sh", "-c", f'echo $$ > {shlex.quote(str(self.dir / "cgroup.procs"))} && exec "$@"', "sh", *cmd]
+
+    def peak(self) -> int | None:
+        for name in ("memory.peak", "memory.max_usage_in_bytes"):
+            p = self.dir / name
+            if p.exists():
+                return int(p.read_text().split()[0])
+        return None
+
+    def oom_killed(self) -> bool:
+        if self.v2:
+            events = (self.dir / "memory.events").read_text()
+            return any(l.split()[0] == "oom_kill" and int(l.split()[1]) > 0 for l in events.splitlines())
+        ctl = (self.dir / "memory.oom_control").read_text()
+        return any(l.startswith("oom_kill ") and int(l.split()[1]) > 0 for l in ctl.splitlines())
+
+    def __exit__(self, *exc) -> None:
+        if self.dir is not None:
+            try:
+                self.dir.rmdir()
+            except OSError:
+                pass
+
+
+class Ssh:
+    """A real board (Raspberry Pi OS, or any aarch64 Debian): a venv with `edgepack[runtime]` from
+    this checkout's wheel, bundles copied over with scp, memory limits through systemd-run."""
+
+    remote_dir = "edgepack-device"
+
+    def __init__(self, name: str, spec: str | None):
+        self.name, self.spec = name, spec
+
+    def _ssh_base(self) -> list[str]:
+        target = self.spec.removeprefix("ssh://")
+        host, _, port = target.partition(":") if target.count(":") == 1 else (target, "", "")
+        self.host = host
+        return ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"] + (["-p", port] if port else [])
+
+    def _sh(self, command: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+        return subprocess.run(["ssh", *self._ssh_base(), self.host, command], capture_output=True,
+                              text=True, timeout=timeout)
+
+    def _copy(self, src: Path, dest: str) -> None:
+        base = self._ssh_base()
+        port = ["-P", base[base.index("-p") + 1]] if "-p" in base else []
+        subprocess.run(["scp", "-q", "-r", *port, "-o", "BatchMode=yes", str(src), f"{self.host}:{dest}"],
+                       check=True, capture_output=True, timeout=3600)
+
+    def prepare(self) -> dict:
+        if not self.spec:
+            raise Unavailable(f"{self.name}: no board given (EDGEPACK_DEVICE_SSH=user@host[:port], "
+                              f"or python -m device_tests ssh://user@host)")
+        if not shutil.which("ssh"):
+            raise Unavailable(f"{self.name}: ssh is not installed")
+        from device_tests import rootfs
+
+        wheel = rootfs.build_wheel(rootfs.CACHE / "wheels")
+        d = self.remote_dir
+        if self._sh(f"mkdir -p {d}/bundles && test -x {d}/venv/bin/python || python3 -m venv {d}/venv",
+                    60).returncode != 0:
+            raise Unavailable(f"{self.name}: can't reach {self.spec} or make a venv there")
+        self._copy(wheel, f"{d}/")
+        self._copy(ON_DEVICE, f"{d}/")
+        p = self._sh(f"{d}/venv/bin/pip install -q --force-reinstall --no-deps {d}/{wheel.name} && "
+                     f"{d}/venv/bin/pip install -q '{d}/{wheel.name}[runtime]' && "
+                     f"{d}/venv/bin/python -c 'import platform; print(platform.machine())'")
+        if p.returncode != 0:
+            raise RuntimeError(f"{self.name}: installing edgepack[runtime] failed:\n{p.stderr[-3000:]}")
+        self.copied: dict[Path, str] = {}
+        return {"machine": p.stdout.strip()}
+
+    def path(self, host_path: Path) -> str:
+        if host_path not in self.copied:
+            dest = f"{self.remote_dir}/bundles/{len(self.copied)}-{host_path.name}"
+            self._sh(f"rm -rf {shlex.quote(dest)}")
+            self._copy(host_path, dest)
+            self.copied[host_path] = dest
+        return self.copied[host_path]
+
+    def run(self, args: list[str], memory_limit: int | None = None, timeout: float = 1800) -> Result:
+        args = [f"{self.remote_dir}/on_device.py" if a == str(ON_DEVICE) else a for a in args]
+        cmd = shlex.join([f"{self.remote_dir}/venv/bin/python", *args])
+        if memory_limit is not None:
+            cmd = (f"systemd-run --user --scope --quiet -p MemoryMax={memory_limit} -p MemorySwapMax=0 {cmd}")
+        p = self._sh(self._wrap(cmd), timeout)
+        return Result(p.returncode, p.stdout, p.stderr, None, p.returncode in (137, -9))
+
+    def _wrap(self, cmd: str) -> str:
+        return cmd
+
+
+class Adb(Ssh):
+    """An Android phone: Termux's sshd (port 8022) forwarded over adb, commands run inside
+    `proot-distro login debian`, where the manylinux aarch64 wheels work (Termux's bionic libc
+    can't load them)."""
+
+    def __init__(self, name: str, serial: str | None):
+        super().__init__(name, "ssh://localhost:8022")
+        self.serial = serial
+
+    def prepare(self) -> dict:
+        if not shutil.which("adb"):
+            raise Unavailable(f"{self.name}: adb is not installed, no phone to talk to")
+        serial = ["-s", self.serial] if self.serial else []
+        p = subprocess.run(["adb", *serial, "forward", "tcp:8022", "tcp:8022"], capture_output=True, text=True)
+        if p.returncode != 0:
+            raise Unavailable(f"{self.name}: no phone answers adb ({p.stderr.strip()})")
+        return super().prepare()
+
+    def _wrap(self, cmd: str) -> str:
+        return f"proot-distro login debian --termux-home -- sh -c {shlex.quote(cmd)}"
+
+
+def targets_from(specs: list[str]) -> list:
+    """`emulated-pi4`, `emulated-pi5`, `ssh://user@host[:port]`, `adb[:SERIAL]`."""
+    out = []
+    for spec in specs:
+        if spec == "emulated-pi4":
+            out.append(Emulated(spec, "cortex-a72"))
+        elif spec == "emulated-pi5":
+            out.append(Emulated(spec, "cortex-a76"))
+        elif spec == "ssh" or spec.startswith("ssh://"):
+            out.append(Ssh("ssh", None if spec == "ssh" else spec))
+        elif spec == "adb" or spec.startswith("adb:"):
+            out.append(Adb("adb", spec.partition(":")[2] or None))
+        else:
+            raise ValueError(f"unknown device target {spec!r}: emulated-pi4, emulated-pi5, "
+                             f"ssh://user@host[:port], adb[:SERIAL]")
+    return out
+
+
+DEFAULT_TARGETS = ["emulated-pi4", "emulated-pi5", os.environ.get("EDGEPACK_DEVICE_SSH") and
+                   "ssh://" + os.environ["EDGEPACK_DEVICE_SSH"].removeprefix("ssh://") or "ssh",
+                   os.environ.get("EDGEPACK_DEVICE_ADB") and "adb:" + os.environ["EDGEPACK_DEVICE_ADB"] or "adb"]

@@ -1,0 +1,201 @@
+"""How much memory running a bundle takes, predicted from its manifest, and how much this process
+may use. The runtime compares the two before it reads anything big, so a bundle that can't fit a
+board is refused with the numbers instead of being OOM-killed half-way through a generation.
+
+The prediction is a sum of parts, each from the manifest alone:
+- runtime: the interpreter with numpy, the tokenizers library and the engine's library loaded;
+- tokenizer: the parsed vocabulary (Gemma's 262k pieces; parsing briefly needs ~4x what stays);
+- weights: the decode graph's bytes times what the engine keeps per byte (below);
+- row stores: the memory-mapped tables' pages a generation can touch (one row per distinct token);
+- KV cache: every cache tensor, times the copies the engine holds;
+- activations: the largest prefill chunk's attention scores, MLP and logits.
+
+Per-byte engine costs were measured on this project's bundles (`benchmarks/memory_parts.py`):
+LiteRT keeps the graph section as a Python bytes object and XNNPACK packs the weights again;
+onnxruntime loads the external data into its own buffers and prepacks MatMulNBits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+
+from edgepack import contract
+from edgepack.bundle import Bundle
+from edgepack.errors import EdgepackError
+
+MiB = 2**20
+PAGE = 4096
+RUNTIME_BYTES = 80 * MiB  # python + numpy + tokenizers + onnxruntime or ai-edge-litert, imported
+TOKENIZER_RESIDENT_PER_FILE_BYTE = 7.0  # after parsing, with freed heap handed back (malloc_trim)
+TOKENIZER_PARSE_PER_FILE_BYTE = 24.0  # while tokenizer.json is being parsed
+# Resident bytes per graph byte, (float graph, quantized graph): quantized weights are repacked.
+WEIGHT_COPIES = {"onnx": (1.1, 1.6), "compiled": (2.0, 2.3), "interpreter": (2.0, 2.3)}
+KV_COPIES = {"onnx": 1, "compiled": 1, "interpreter": 4}  # the Interpreter: in and out, per signature
+DEVICES_FILE = Path(__file__).with_name("devices.json")
+
+
+@dataclasses.dataclass
+class Footprint:
+    parts: dict[str, int]  # steady-state bytes per part, during generation
+    parse_peak: int  # bytes while the tokenizer is parsed (before the engine loads)
+    engine: str
+
+    @property
+    def peak(self) -> int:
+        return max(sum(self.parts.values()), self.parse_peak)
+
+    def lines(self) -> list[str]:
+        out = [f"  {name:<12} {n / MiB:>10,.1f} MiB" for name, n in self.parts.items()]
+        out.append(f"  {'peak':<12} {self.peak / MiB:>10,.1f} MiB")
+        return out
+
+    def as_dict(self) -> dict:
+        return {"engine": self.engine, "peak": self.peak, "parse_peak": self.parse_peak, "parts": self.parts}
+
+
+def engine_kind(b: Bundle) -> str:
+    if b.format == "onnx":
+        return "onnx"
+    from edgepack.runtime.litert_engine import API_ENV, has_lse_atomics
+
+    return os.environ.get(API_ENV) or ("compiled" if has_lse_atomics() else "interpreter")
+
+
+def predict(b: Bundle, engine: str | None = None) -> Footprint:
+    """Peak memory of a generation that may fill the bundle's whole context."""
+    engine = engine or engine_kind(b)
+    m, g = b.manifest, b.manifest["graph"]
+    cfg = m["model"]["config"]
+    context = b.max_context
+    quantized = m.get("precision", {}).get("quantization", "none") != "none"
+    tok_file = b.file(m["tokenizer"]["file"]).stat().st_size
+    kv_shapes = contract.cache_shapes(g["cache_layers"], int(g["num_kv_heads"]), context, int(g["head_dim"]))
+    kv = sum(4 * math.prod(s) for s in kv_shapes.values())
+    parts = {
+        "runtime": RUNTIME_BYTES,
+        "tokenizer": int(tok_file * TOKENIZER_RESIDENT_PER_FILE_BYTE),
+        "weights": int(b.graph_bytes * WEIGHT_COPIES[engine][quantized]),
+        "row_stores": sum(row_store_resident(spec, context) for spec in m.get("row_stores", {}).values()),
+        "kv_cache": kv * KV_COPIES[engine],
+        "activations": activation_bytes(cfg, g, context),
+    }
+    return Footprint(parts, RUNTIME_BYTES + int(tok_file * TOKENIZER_PARSE_PER_FILE_BYTE), engine)
+
+
+def row_store_resident(spec: dict, tokens: int) -> int:
+    """Pages of a memory-mapped table that `tokens` distinct rows touch (each row's own pages,
+    plus its scales), never more than the table."""
+    rows, cols = (int(d) for d in spec["shape"])
+    row = {"float32": cols * 4, "int8": cols, "int4": cols // 2}[spec["dtype"]]
+    table = rows * row
+    if spec["dtype"] != "float32":
+        row += cols // int(spec["block"]) * 4
+        table += rows * (cols // int(spec["block"])) * 4
+    pages_per_row = math.ceil(row / PAGE) + 1  # a row rarely starts on a page boundary
+    return min(table, tokens * pages_per_row * PAGE)
+
+
+def activation_bytes(cfg: dict, g: dict, context: int) -> int:
+    """The largest prefill chunk's transient tensors: attention scores and probabilities against
+    the whole cache, the MLP's widest intermediate, hidden states (AltUp's streams) and the
+    logits, all float32."""
+    chunk = g["prefill_lengths"][0] if g["prefill_lengths"] else min(context, 512)
+    ffn = cfg.get("intermediate_size", 0)
+    ffn = max(ffn) if isinstance(ffn, list) else int(ffn)
+    heads, hidden = int(cfg["num_attention_heads"]), int(cfg["hidden_size"])
+    streams = int(cfg.get("altup_num_inputs", 1))
+    scores = 2 * heads * chunk * context
+    mlp = 3 * chunk * ffn
+    states = 4 * chunk * hidden * streams
+    return 4 * (scores + mlp + states + 2 * int(g["vocab_size"]))
+
+
+# --- what this process may use ---------------------------------------------------------------
+
+def memory_budget() -> tuple[int, str]:
+    """(bytes, where the figure comes from): the tightest cgroup memory limit over this process's
+    cgroup and its ancestors (v1 and v2), else MemAvailable plus what the process already holds."""
+    limits = [(n, f"cgroup limit of {where}") for n, where in _cgroup_limits()]
+    if limits:
+        return min(limits)
+    meminfo = _meminfo()
+    return meminfo.get("MemAvailable", meminfo.get("MemFree", 0)) + _own_rss(), "MemAvailable"
+
+
+def _cgroup_limits():
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        _, controllers, rel = line.split(":", 2)
+        if controllers == "":  # v2
+            roots, names = [Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")], ("memory.max",)
+        elif "memory" in controllers.split(","):
+            roots, names = [Path("/sys/fs/cgroup/memory")], ("memory.limit_in_bytes",)
+        else:
+            continue
+        for root in roots:
+            d = root / rel.lstrip("/")
+            while True:
+                for name in names:
+                    n = _read_int(d / name)
+                    if n is not None and n < 1 << 60:  # "max" / page-rounded 2^63 mean no limit
+                        yield n, d
+                if d == root:
+                    break
+                d = d.parent
+
+
+def _read_int(p: Path) -> int | None:
+    try:
+        return int(p.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _meminfo() -> dict[str, int]:
+    out = {}
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            key, value = line.split(":", 1)
+            out[key] = int(value.split()[0]) * 1024
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def _own_rss() -> int:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def check_fits(b: Bundle) -> Footprint:
+    """Raises before loading when the predicted peak is over this process's budget."""
+    fp = predict(b)
+    budget, source = memory_budget()
+    if budget and fp.peak > budget:
+        raise EdgepackError(
+            f"{b.path} needs about {fp.peak / MiB:,.0f} MiB ({fp.engine} engine) but this process may use "
+            f"{budget / MiB:,.0f} MiB ({source}); refusing to load it. Predicted:\n" + "\n".join(fp.lines())
+            + "\n(an export with a smaller --max-context or fewer --quant bits needs less; "
+              "--no-memory-check loads it anyway)")
+    return fp
+
+
+def devices() -> dict[str, dict]:
+    """Device profiles: RAM and what the OS keeps for itself, in MiB."""
+    return json.loads(DEVICES_FILE.read_text())["devices"]
+
+
+def device_budget(name: str) -> int:
+    d = devices().get(name)
+    if d is None:
+        raise EdgepackError(f"unknown device {name!r}; known: {', '.join(devices())}")
+    return (int(d["ram_mib"]) - int(d["os_reserve_mib"])) * MiB

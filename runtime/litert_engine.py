@@ -1,0 +1,215 @@
+"""`.litertlm` bundles on ai-edge-litert, through one of its two APIs.
+
+- CompiledModel (the default): one TensorBuffer per cache tensor, bound as both the input and the
+  output of every signature, so the graph's dynamic_update_slice writes the new K/V in place, as
+  LiteRT-LM's CPU executor does. No step copies the cache.
+- Interpreter: for cores without the Armv8.1 LSE atomics (the Raspberry Pi 4's Cortex-A72, older
+  phones). Creating a CompiledModel environment executes LSE instructions there and dies with
+  SIGILL, the same crash as Google's prebuilt LiteRT-LM CLI on a Pi 4. The interpreter path keeps
+  the cache in its own input tensors and copies back only the slots a call wrote.
+
+`EDGEPACK_LITERT_API=compiled|interpreter` overrides the choice (tests run both on the host).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import os
+import platform
+import sys
+import types
+import weakref
+from pathlib import Path
+
+import numpy as np
+
+from edgepack import contract
+from edgepack.bundle import Bundle
+from edgepack.errors import EdgepackError
+from edgepack.runtime.engines import Engine, default_threads
+
+API_ENV = "EDGEPACK_LITERT_API"
+_AT_HWCAP = 16
+_HWCAP_ATOMICS = 1 << 8  # arm64 <asm/hwcap.h>
+
+
+def has_lse_atomics() -> bool:
+    """True unless this is an arm64 core without LSE atomics (the kernel's HWCAP, which qemu-user
+    also sets from the CPU model it emulates)."""
+    if platform.machine().lower() not in ("aarch64", "arm64"):
+        return True
+    try:
+        hwcap = ctypes.CDLL(None).getauxval(ctypes.c_ulong(_AT_HWCAP))
+    except (AttributeError, OSError):
+        return False  # can't tell: the interpreter runs everywhere
+    return bool(hwcap & _HWCAP_ATOMICS)
+
+
+def litert_engine(b: Bundle, threads: int | None = None) -> Engine:
+    api = os.environ.get(API_ENV) or ("compiled" if has_lse_atomics() else "interpreter")
+    if api not in ("compiled", "interpreter"):
+        raise EdgepackError(f"{API_ENV} must be 'compiled' or 'interpreter', got {api!r}")
+    return (CompiledModelEngine if api == "compiled" else InterpreterEngine)(b, threads)
+
+
+def _main_section(b: Bundle) -> tuple[Path, bytes]:
+    """The prefill/decode TFLite model, read out of the .litertlm (both APIs take only bytes)."""
+    main = next(s for s in b.manifest["graph"]["sections"] if s["model_type"] == "tf_lite_prefill_decode")
+    path = Path(b.file(b.manifest["graph"]["file"]))
+    with open(path, "rb") as f:
+        f.seek(main["offset"])
+        return path, f.read(main["size"])
+
+
+class CompiledModelEngine(Engine):
+    """LiteRT's CompiledModel API with the cache buffers updated in place (see the module doc)."""
+
+    api = "compiled"
+
+    def __init__(self, b: Bundle, threads: int | None = None):
+        from ai_edge_litert import options
+        from ai_edge_litert.compiled_model import CompiledModel
+
+        path, self._model = _main_section(b)
+        g = b.manifest["graph"]
+        self.prefill_sig, self.decode_sig = contract.prefill_signature(g["prefill_lengths"][0]), contract.DECODE
+        cache = set(contract.cache_names(g["cache_layers"]))
+        # Every LiteRT object lives in `rt`, released (quietly) when the engine goes or at exit.
+        self.rt = types.SimpleNamespace()
+        weakref.finalize(self, _release_quietly, self.rt)
+        cpu = options.CpuOptions(num_threads=threads or default_threads())
+        with _native_stderr_silenced():  # the runtime logs each accelerator it probes, at INFO
+            try:
+                self.rt.model = CompiledModel.from_buffer(self._model, options=options.Options(cpu_options=cpu))
+            except Exception as e:
+                raise EdgepackError(f"LiteRT cannot load {path}: {e}") from None
+            model = self.rt.model
+            self.rt.cache = {n: model.create_input_buffer_by_name(self.decode_sig, n) for n in cache}
+            self.rt.inputs = {sig: {n: model.create_input_buffer_by_name(sig, n)
+                                    for n in model.get_input_tensor_details(sig) if n not in cache}
+                              for sig in (self.prefill_sig, self.decode_sig)}
+            self.rt.logits = model.create_output_buffer_by_name(self.decode_sig, "logits")
+        super().__init__(b)
+
+    def reset(self) -> None:
+        with _native_stderr_silenced():  # the first write into a buffer can start an environment
+            for name, shape in self.cache_shapes.items():
+                self.rt.cache[name].write(np.zeros(shape, np.float32))
+
+    def _run(self, sig: str, ids: np.ndarray, positions: np.ndarray) -> None:
+        inputs = self.rt.inputs[sig]
+        for name, value in self._inputs(ids, positions).items():
+            inputs[name].write(value)
+        outputs = dict(self.rt.cache)
+        if sig == self.decode_sig:
+            outputs["logits"] = self.rt.logits
+        self.rt.model.run_by_name(sig, inputs | self.rt.cache, outputs)
+
+    def _run_prefill(self, ids, positions) -> None:
+        self._run(self.prefill_sig, ids, positions)
+
+    def _run_decode(self, ids, positions) -> np.ndarray:
+        self._run(self.decode_sig, ids, positions)
+        return self.rt.logits.read(self.vocab_size, np.float32)
+
+
+class _Signature:
+    """One signature of a LiteRT Interpreter, fed through views on its own tensors.
+
+    The stock SignatureRunner resizes, re-allocates, and copies every input in and every output
+    out on each call: for the KV cache that is the whole cache through numpy twice per token.
+    Here the cache lives in the signature's input tensors between calls and only the slots a call
+    wrote are copied back from its outputs. (Uses the runner's tensor indices; ai-edge-litert is
+    pinned.)
+    """
+
+    def __init__(self, interpreter, name: str):
+        runner = interpreter.get_signature_runner(name)
+        self._w, self._sg = runner._interpreter_wrapper, runner._subgraph_index
+        self.inputs, self.outputs = dict(runner._inputs), dict(runner._outputs)
+        self._w.AllocateTensors(self._sg)
+
+    def input(self, name: str) -> np.ndarray:
+        """A writable view; drop it before invoke() (the interpreter refuses to run while views
+        into its buffers are alive)."""
+        return self._w.tensor(self._w, self.inputs[name], self._sg)
+
+    def output(self, name: str) -> np.ndarray:
+        return self._w.tensor(self._w, self.outputs[name], self._sg)
+
+    def invoke(self, feeds: dict[str, np.ndarray]) -> None:
+        for name, value in feeds.items():
+            self._w.SetTensor(self.inputs[name], value, self._sg)
+        self._w.Invoke(self._sg)
+
+
+class InterpreterEngine(Engine):
+    """LiteRT's Interpreter API: runs on every arm64 core (see the module doc)."""
+
+    api = "interpreter"
+
+    def __init__(self, b: Bundle, threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        path, self._model = _main_section(b)
+        try:
+            self.interpreter = Interpreter(model_content=self._model, num_threads=threads or default_threads())
+        except Exception as e:
+            raise EdgepackError(f"LiteRT cannot load {path}: {e}") from None
+        g = b.manifest["graph"]
+        self.prefill_sig = _Signature(self.interpreter, contract.prefill_signature(g["prefill_lengths"][0]))
+        self.decode_sig = _Signature(self.interpreter, contract.DECODE)
+        super().__init__(b)
+
+    def reset(self) -> None:
+        for sig in (self.prefill_sig, self.decode_sig):
+            for name in self.cache_names:
+                sig.input(name).fill(0.0)
+        self._holder = self.decode_sig  # the signature whose input tensors hold the current cache
+
+    def _run(self, sig: _Signature, ids: np.ndarray, positions: np.ndarray) -> None:
+        if sig is not self._holder:  # switching between prefill and decode: move the cache once
+            for name in self.cache_names:
+                sig.input(name)[...] = self._holder.input(name)
+            self._holder = sig
+        sig.invoke(self._inputs(ids, positions))
+        # The graph wrote len(ids) slots from input_pos[0], clamped to fit as DUS does.
+        lo = min(max(int(positions[0]), 0), self.cache_len - len(ids))
+        hi = lo + len(ids)
+        for name in self.cache_names:
+            dst, src = sig.input(name), sig.output(name)
+            if name.startswith("kv_cache_k_"):
+                dst[:, :, lo:hi] = src[:, :, lo:hi]
+            else:
+                dst[..., lo:hi] = src[..., lo:hi]
+            del dst, src
+
+    def _run_prefill(self, ids, positions) -> None:
+        self._run(self.prefill_sig, ids, positions)
+
+    def _run_decode(self, ids, positions) -> np.ndarray:
+        self._run(self.decode_sig, ids, positions)
+        return self.decode_sig.output("logits")[0, -1].copy()
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Points file descriptor 2 at /dev/null for a while: LiteRT's C++ logger writes there
+    directly and has no Python switch. Python errors still surface as exceptions."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def _release_quietly(rt: types.SimpleNamespace) -> None:
+    with _native_stderr_silenced():
+        rt.__dict__.clear()
+        gc.collect()

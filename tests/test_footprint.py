@@ -1,0 +1,75 @@
+"""The memory check: the predicted peak against a real process's measured peak, the budget read
+from a real cgroup limit, and a refusal before loading (exit 2, the breakdown on stderr)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from edgepack.bundle import Bundle
+from edgepack.errors import EdgepackError
+from edgepack.footprint import device_budget, predict
+
+# VmHWM, not ru_maxrss: the latter survives exec, so a child of pytest would report pytest's peak.
+MEASURE = """
+import json, sys
+from edgepack.runtime import Generator
+gen = Generator(sys.argv[1])
+list(gen.generate_ids(gen.encode("Once upon a time, in a land far away"), 8))
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"peak": hwm * 1024, "engine": type(gen.engine).__name__}))
+"""
+
+
+@pytest.mark.parametrize("api", ["compiled", "interpreter", None])
+@pytest.mark.parametrize("name", ["gemma3n_multimodal", "gemma3"])
+def test_predicted_peak_matches_measured(name, api, bundle, monkeypatch):
+    """A separate process loads the bundle and generates; its peak RSS (the kernel's high-water
+    mark) is within 15% of the prediction made from the manifest alone."""
+    from edgepack.runtime.litert_engine import API_ENV
+
+    folder = bundle(name, "onnx" if api is None else "litertlm")
+    if api:
+        monkeypatch.setenv(API_ENV, api)
+    proc = subprocess.run([sys.executable, "-c", MEASURE, str(folder)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    measured = json.loads(proc.stdout.strip().splitlines()[-1])
+    fp = predict(Bundle(folder))
+    assert fp.engine == (api or "onnx")
+    assert abs(fp.peak / measured["peak"] - 1) < 0.15, (fp.as_dict(), measured)
+
+
+def _in_cgroup(limit: int, args: list[str]) -> subprocess.CompletedProcess:
+    from device_tests.targets import MemoryCgroup, Unavailable  # the repo root is on sys.path (./conftest.py)
+
+    try:
+        with MemoryCgroup(limit) as cg:
+            return subprocess.run(cg.wrap(args), capture_output=True, text=True, timeout=600)
+    except Unavailable as e:
+        pytest.fail(f"this machine can't make memory cgroups (CI and the dev machines can): {e}")
+
+
+def test_budget_is_the_cgroup_limit():
+    limit = 700 << 20
+    proc = _in_cgroup(limit, [sys.executable, "-c",
+                              "from edgepack.footprint import memory_budget; print(memory_budget()[0])"])
+    assert proc.returncode == 0, proc.stderr
+    assert abs(int(proc.stdout.strip()) - limit) < 4096  # the kernel rounds the limit to pages
+
+
+def test_run_refuses_a_bundle_over_the_budget_before_loading(bundle):
+    folder = bundle("gemma3", "onnx")
+    need = predict(Bundle(folder)).peak
+    proc = _in_cgroup(need // 2, [sys.executable, "-m", "edgepack.cli", "run", str(folder), "--prompt", "Hi"])
+    assert proc.returncode == 2, proc.stderr
+    assert "refusing to load it" in proc.stderr and "cgroup limit" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_unknown_device_is_refused():
+    assert device_budget("pi4-2gb") == (2048 - 300) << 20
+    with pytest.raises(EdgepackError, match="unknown device"):
+        device_budget("pi3")
