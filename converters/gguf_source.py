@@ -97,7 +97,8 @@ def open_gguf(path: Path) -> Source:
 
     return Source(path, "gemma3", "Gemma3ForCausalLM (GGUF)", config, read, _tokenizer_json(path),
                   _field(reader, "tokenizer.chat_template"), [], "gguf",
-                  storage=lambda name: tensors[name].tensor_type.name, raw=lambda name: tensors[name])
+                  storage=lambda name: tensors[name].tensor_type.name, raw=lambda name: tensors[name],
+                  shapes={n: tuple(int(d) for d in reversed(t.shape.tolist())) for n, t in tensors.items()})
 
 
 def _tokenizer_json(path: Path) -> str:

@@ -51,8 +51,15 @@ class QTensor:
         return (self.codes[:, 0::2] | (self.codes[:, 1::2] << 4)).astype(np.uint8)
 
     def nbytes(self) -> int:
-        zp = 0 if self.zero_points is None else self.zero_points.nbytes
-        return self.codes.size * self.bits // 8 + self.scales.nbytes + zp
+        """Bytes as stored: codes, float32 scales, zero points packed like the codes
+        (onnxruntime's layout) and, for fractional GGUF minimums, a float32 offset per block."""
+        n = self.codes.size * self.bits // 8 + self.scales.nbytes
+        if self.zero_points is not None:
+            rows, blocks = self.zero_points.shape
+            n += rows * -(-blocks * self.bits // 8)
+            if not np.array_equal(self.zero_points, np.rint(self.zero_points)):
+                n += self.zero_points.size * 4
+        return n
 
 
 def unpack_int4(packed: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ user's own). Components, by the checkpoint's tensor names:
     attention        self_attn.{q,k,v,o}_proj
     mlp              mlp.{gate,up,down}_proj
     per_layer        per_layer_input_gate, per_layer_projection, per_layer_model_projection
-    altup_laurel     altup.* and laurel.* matrices, altup_(un)embed_projections
+    altup_laurel     altup.* and laurel.* matrices, altup_projections, altup_unembed_projections
 
 Each component: `bits` (4, 8, or 32 = float), `block` (0 = one scale per output channel / table
 row, else 32, 64 or 128 weights per scale) and optionally `onnx_block` (onnxruntime's MatMulNBits
@@ -37,7 +37,7 @@ _PATTERNS = {
     "attention": r"\.self_attn\.[qkvo]_proj\.weight$",
     "mlp": r"\.mlp\.(gate|up|down)_proj\.weight$",
     "per_layer": r"per_layer_(input_gate|projection|model_projection)\.weight$",
-    "altup_laurel": r"(\.altup\.|\.laurel\.|altup_(un)?embed_projections).*weight$",
+    "altup_laurel": r"(\.altup\.|\.laurel\.|altup_(un)?(embed_)?projections).*weight$",
 }
 
 

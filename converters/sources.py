@@ -42,6 +42,7 @@ class Source:
     # quantized blocks (so a quantizer can keep that grid instead of rounding again)
     storage: Callable[[str], str] = lambda name: "F32"
     raw: Callable[[str], object] | None = None
+    shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)  # HF name -> shape
 
     @property
     def bos_id(self) -> int:
@@ -110,8 +111,9 @@ def _open_hf_dir(p: Path) -> Source:
         return str(h.get_slice(key).get_dtype())
 
     tokenizer_json, template = _hf_tokenizer(p)
+    shapes = {name: tuple(h.get_slice(key).get_shape()) for name, (h, key) in where.items()}
     return Source(p, family, arch, config, read, tokenizer_json, template, sorted(skipped), "safetensors",
-                  storage)
+                  storage, shapes=shapes)
 
 
 def _hf_tokenizer(p: Path) -> tuple[str, str | None]:

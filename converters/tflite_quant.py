@@ -5,7 +5,9 @@ litert-torch's names fuse several modules into one (`...self_attn;;...laurel...L
 so a regex per component would mis-assign ops. Instead each weight-bearing op is identified by its
 constant weight: the buffer's bytes are matched to the checkpoint tensor they came from, and that
 op's exact scope gets the tensor's planned precision. Ops that share a weight (the tied embedding's
-lookup and LM head) get one setting, so the quantizer stores one quantized copy.
+lookup and LM head) get one setting, so the quantizer stores one quantized copy. A weight the
+converter folded a scalar into (Gemma 3n's LM head carries the final softcap's 1/30) no longer has
+its checkpoint bytes; it is recognised as a scalar multiple of a planned tensor of the same size.
 
 Dynamic-range recipes, as Google's LiteRT-LM recipes: int8/int4 weights, activations quantized
 on the fly by XNNPACK.
@@ -36,6 +38,9 @@ def quantize_file(path: Path, plans: dict[str, TensorPlan], weights: dict[str, n
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as tfl
 
     by_digest = {_digest(weights[n]): n for n, p in plans.items() if p.bits != 32 and n in weights}
+    by_size: dict[int, list[str]] = {}
+    for n in by_digest.values():
+        by_size.setdefault(weights[n].nbytes, []).append(n)
     model = tfl.read_model(str(path))
     settings: dict[str, tuple[str, TensorPlan]] = {}
     for sg in model.subgraphs:
@@ -50,6 +55,7 @@ def quantize_file(path: Path, plans: dict[str, TensorPlan], weights: dict[str, n
                 if data is None or len(data) < 64:
                     continue
                 name = by_digest.get(hashlib.blake2b(np.asarray(data, np.uint8).tobytes(), digest_size=16).digest())
+                name = name or _scaled_copy_of(np.frombuffer(data, np.uint8), by_size, weights)
                 if name is None:
                     continue
                 scope = tfl.get_op_scope(op, sg.tensors)
@@ -71,6 +77,20 @@ def quantize_file(path: Path, plans: dict[str, TensorPlan], weights: dict[str, n
     result = q.quantize(enable_progress_report=False)
     result.export_model(str(path), overwrite=True)
     return len(settings)
+
+
+def _scaled_copy_of(data: np.ndarray, by_size: dict[int, list[str]], weights: dict[str, np.ndarray]) -> str | None:
+    """The planned tensor that `data` (a float32 constant) equals up to one scalar factor."""
+    for name in by_size.get(len(data), []):
+        w = weights[name].astype(np.float32, copy=False).reshape(-1)
+        d = data.view(np.float32)
+        probe = np.flatnonzero(w[:65536])
+        if len(probe) == 0:
+            continue
+        c = float(np.median(d[probe] / w[probe]))
+        if c != 0 and np.isfinite(c) and np.allclose(d, w * np.float32(c), rtol=1e-5, atol=1e-7 * abs(c)):
+            return name
+    return None
 
 
 def _op_name(model, op) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 
@@ -55,6 +56,7 @@ def main() -> int:
                          "top_logits": [s.logits[t].tolist() for s, t in zip(steps, top)]})
         del gen
     print(json.dumps({"machine": platform.machine(), "threads": default_threads(),
+                      "cores": len(os.sched_getaffinity(0)),
                       "peak_rss": peak_rss(), "runs": runs}))
     return 0
 

@@ -2,8 +2,9 @@
 
 - tiny Gemma 3n (multimodal layout) and Gemma 3 bundles, both formats: the same prompt ids, the
   same 16 greedy tokens, and each step's largest logits within 1e-3 of the host's;
-- the real Gemma 3 270M int4 bundles, both formats: the host's first 8 greedy tokens, inside the
-  memory of a 2 GB board (a cgroup limit on the emulated Pis) without being killed;
+- the real Gemma 3 270M int4 bundles, both formats: the host's first 8 greedy tokens (top logits
+  within 8%: quantized kernels differ by ISA), inside the memory of a 2 GB board (a cgroup limit on
+  the emulated Pis) without being killed;
 - `edgepack inspect` verifies a bundle on the device and rejects a copy with one altered byte;
 - a bundle predicted not to fit the board is refused before loading, with the predicted numbers;
   forced past the check, the same run is killed at the limit.
@@ -34,8 +35,9 @@ def expected_engine(target, fmt: str) -> str | None:
     return {"cortex-a72": "InterpreterEngine", "cortex-a76": "CompiledModelEngine"}.get(cpu)
 
 
-def assert_same_generation(host: dict, device: dict, tol: float = 1e-3) -> None:
+def assert_same_generation(host: dict, device: dict, tol: float = 1e-3, relative: bool = False) -> None:
     assert device["machine"] == "aarch64"
+    assert device["threads"] == device["cores"]  # the runtime uses every core the device gives it
     for h, d in zip(host["runs"], device["runs"], strict=True):
         where = f"{d['bundle']} {d['prompt']!r}"
         assert d["prompt_ids"] == h["prompt_ids"], where
@@ -44,8 +46,9 @@ def assert_same_generation(host: dict, device: dict, tol: float = 1e-3) -> None:
             host_logit = dict(zip(hi, hv))
             common = [(host_logit[i], v) for i, v in zip(di, dv) if i in host_logit]
             assert len(common) >= len(hi) // 2, f"{where} step {step}: top logits differ: {hi} vs {di}"
-            err = max(abs(a - b) for a, b in common)
-            assert err < tol, f"{where} step {step}: logits differ by {err} (host {hv[:2]}, device {dv[:2]})"
+            err = max(abs(a - b) / (abs(a) if relative else 1) for a, b in common)
+            assert err < tol, f"{where} step {step}: logits differ by {err:.4g}{' (relative)' if relative else ''} " \
+                              f"(host {hv[:2]}, device {dv[:2]})"
 
 
 def test_tiny_bundles_match_host(target, bundle):
@@ -69,7 +72,10 @@ def test_270m_int4_first_tokens_within_2gb(target, bundle_270m, fmt):
     res = on_target(target, [folder], prompt, 8, memory_limit=limit)
     assert not res.oom_killed, f"killed at the {BOARD} limit ({limit >> 20} MiB)"
     assert res.returncode == 0, res.stderr[-3000:]
-    assert_same_generation(host, json.loads(res.stdout.strip().splitlines()[-1]), tol=5e-2)
+    # Quantized kernels quantize activations per ISA (XNNPACK's dynamic-range int4/int8 on AVX vs
+    # NEON; MatMulNBits at accuracy level 4), so logits differ between x86 and arm64 beyond float
+    # rounding: measured up to 2.9% (ONNX) and 6.4% (LiteRT) of a top logit. Tokens must not.
+    assert_same_generation(host, json.loads(res.stdout.strip().splitlines()[-1]), tol=0.08, relative=True)
     if res.peak is not None:
         assert res.peak <= limit
 

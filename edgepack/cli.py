@@ -18,6 +18,7 @@ EPILOG = """examples:
   edgepack run bundles/gemma-3-270m --prompt "The capital of France is"
   edgepack inspect bundles/gemma-3-270m
   edgepack eval bundles/gemma-3-270m --text /usr/share/common-licenses/GPL-3 --reference gemma-3-270m
+  edgepack profile --preset gemma-3n-E2B --quant int4 --context 4096 --device pi5-8gb
 """
 
 
@@ -79,6 +80,25 @@ def _bench(a) -> None:
     report = bench(a.bundle, a.prefill, a.decode, a.threads, a.compare, a.text, a.gguf,
                    log=lambda m: print(m, file=sys.stderr))
     print(json.dumps(report, indent=2) if a.json else format_report(report))
+
+
+def _profile(a) -> None:
+    from edgepack.profile import format_text, profile
+
+    if bool(a.target) == bool(a.preset):
+        raise EdgepackError("give a bundle or checkpoint, or --preset NAME (one of them)")
+    if a.context < 2 or a.prompt_tokens < 1 or a.tokens < 1:
+        raise EdgepackError("--context must be >= 2, --prompt-tokens and --tokens >= 1")
+    r = profile(a.target, a.preset, a.quant, a.format, a.context, a.prefill_len, a.device, run=not a.no_run,
+                prompt_tokens=a.prompt_tokens, new_tokens=a.tokens)
+    if a.html:
+        from edgepack.report import write_html
+
+        print(f"wrote {write_html(r, a.html)}", file=sys.stderr)
+    if a.json:
+        print(json.dumps(r, indent=2))
+    else:
+        print(format_text(r))
 
 
 def _inspect(a) -> None:
@@ -178,6 +198,34 @@ def parser() -> argparse.ArgumentParser:
                                   "when it is the built-in gemma-3-270m)")
     k.add_argument("--text", default=str(DEFAULT_TEXT), help="where the prompt comes from")
     k.set_defaults(func=_bench)
+
+    from edgepack.footprint import devices
+
+    f = sub.add_parser("profile", parents=[json_arg], help="memory: predicted breakdown, measured run, device verdict",
+                       description="Predicts the peak memory of running a model (weights as the engine holds them, "
+                                   "embedding row stores, KV cache, activations, tokenizer, runtime) from a bundle's "
+                                   "manifest, or, before converting, from a checkpoint's tensor shapes or a preset's "
+                                   "layout and a --quant recipe. With a bundle it also runs prompt + N tokens in a "
+                                   "child process and samples RSS, PSS and each bundle file's resident bytes. "
+                                   "--device gives a verdict against that board's budget.",
+                       epilog="examples:\n  edgepack profile --preset gemma-3n-E2B --quant int4 --context 4096 "
+                              "--device pi5-8gb\n  edgepack profile bundles/270m-int4 --device pi4-2gb --html report.html",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    f.add_argument("target", nargs="?", help="bundle folder, checkpoint folder, .gguf, or gemma-3-270m")
+    f.add_argument("--preset", choices=["gemma-3n-E2B", "gemma-3n-E4B", "gemma-3-270m"],
+                   help="a model's real layout, no weights needed")
+    f.add_argument("--quant", default="none", metavar="none|int8|int4|RECIPE.json",
+                   help="recipe for a checkpoint or preset (default: none)")
+    f.add_argument("--format", choices=["litertlm", "onnx"], default="litertlm",
+                   help="bundle format for a checkpoint or preset (default: litertlm)")
+    f.add_argument("--context", type=int, default=4096, help="KV cache length for a checkpoint or preset (default: 4096)")
+    f.add_argument("--prefill-len", type=int, default=128, help="TFLite prefill chunk (default: 128)")
+    f.add_argument("--device", choices=sorted(devices()), help="give a verdict against this device's memory budget")
+    f.add_argument("--prompt-tokens", type=int, default=512, help="measured run: prompt length (default: 512)")
+    f.add_argument("--tokens", type=int, default=256, help="measured run: generated tokens (default: 256)")
+    f.add_argument("--no-run", action="store_true", help="bundles: predict only, don't run")
+    f.add_argument("--html", help="write a self-contained HTML report with charts here")
+    f.set_defaults(func=_profile)
 
     i = sub.add_parser("inspect", parents=[bundle_arg, json_arg], help="summarise a bundle and verify its checksums")
     i.add_argument("--no-verify", action="store_true", help="check sizes only, not sha256")

@@ -30,6 +30,7 @@ from edgepack.errors import EdgepackError
 MiB = 2**20
 PAGE = 4096
 RUNTIME_BYTES = 80 * MiB  # python + numpy + tokenizers + onnxruntime or ai-edge-litert, imported
+PARSE_BASE_BYTES = 40 * MiB  # python + numpy + tokenizers: the engine's library loads after parsing
 TOKENIZER_RESIDENT_PER_FILE_BYTE = 7.0  # after parsing, with freed heap handed back (malloc_trim)
 TOKENIZER_PARSE_PER_FILE_BYTE = 24.0  # while tokenizer.json is being parsed
 # Resident bytes per graph byte, (float graph, quantized graph): quantized weights are repacked.
@@ -67,23 +68,31 @@ def engine_kind(b: Bundle) -> str:
 
 def predict(b: Bundle, engine: str | None = None) -> Footprint:
     """Peak memory of a generation that may fill the bundle's whole context."""
-    engine = engine or engine_kind(b)
     m, g = b.manifest, b.manifest["graph"]
-    cfg = m["model"]["config"]
-    context = b.max_context
-    quantized = m.get("precision", {}).get("quantization", "none") != "none"
-    tok_file = b.file(m["tokenizer"]["file"]).stat().st_size
-    kv_shapes = contract.cache_shapes(g["cache_layers"], int(g["num_kv_heads"]), context, int(g["head_dim"]))
-    kv = sum(4 * math.prod(s) for s in kv_shapes.values())
+    kv = contract.cache_shapes(g["cache_layers"], int(g["num_kv_heads"]), b.max_context, int(g["head_dim"]))
+    return estimate(
+        engine or engine_kind(b), b.graph_bytes,
+        quantized=m.get("precision", {}).get("quantization", "none") != "none",
+        row_stores=m.get("row_stores", {}), kv_bytes=sum(4 * math.prod(s) for s in kv.values()),
+        config=m["model"]["config"], prefill_lengths=g["prefill_lengths"], vocab_size=int(g["vocab_size"]),
+        context=b.max_context, tokenizer_bytes=b.file(m["tokenizer"]["file"]).stat().st_size)
+
+
+def estimate(engine: str, graph_bytes: int, quantized: bool, row_stores: dict[str, dict], kv_bytes: int,
+             config: dict, prefill_lengths: list[int], vocab_size: int, context: int,
+             tokenizer_bytes: int) -> Footprint:
+    """The parts, from what a bundle's manifest says (or what an export would write)."""
+    if engine not in WEIGHT_COPIES:
+        raise EdgepackError(f"unknown engine {engine!r}: {', '.join(WEIGHT_COPIES)}")
     parts = {
         "runtime": RUNTIME_BYTES,
-        "tokenizer": int(tok_file * TOKENIZER_RESIDENT_PER_FILE_BYTE),
-        "weights": int(b.graph_bytes * WEIGHT_COPIES[engine][quantized]),
-        "row_stores": sum(row_store_resident(spec, context) for spec in m.get("row_stores", {}).values()),
-        "kv_cache": kv * KV_COPIES[engine],
-        "activations": activation_bytes(cfg, g, context),
+        "tokenizer": int(tokenizer_bytes * TOKENIZER_RESIDENT_PER_FILE_BYTE),
+        "weights": int(graph_bytes * WEIGHT_COPIES[engine][quantized]),
+        "row_stores": sum(row_store_resident(spec, context) for spec in row_stores.values()),
+        "kv_cache": kv_bytes * KV_COPIES[engine],
+        "activations": activation_bytes(config, prefill_lengths, vocab_size, context),
     }
-    return Footprint(parts, RUNTIME_BYTES + int(tok_file * TOKENIZER_PARSE_PER_FILE_BYTE), engine)
+    return Footprint(parts, PARSE_BASE_BYTES + int(tokenizer_bytes * TOKENIZER_PARSE_PER_FILE_BYTE), engine)
 
 
 def row_store_resident(spec: dict, tokens: int) -> int:
@@ -99,11 +108,11 @@ def row_store_resident(spec: dict, tokens: int) -> int:
     return min(table, tokens * pages_per_row * PAGE)
 
 
-def activation_bytes(cfg: dict, g: dict, context: int) -> int:
+def activation_bytes(cfg: dict, prefill_lengths: list[int], vocab_size: int, context: int) -> int:
     """The largest prefill chunk's transient tensors: attention scores and probabilities against
     the whole cache, the MLP's widest intermediate, hidden states (AltUp's streams) and the
     logits, all float32."""
-    chunk = g["prefill_lengths"][0] if g["prefill_lengths"] else min(context, 512)
+    chunk = prefill_lengths[0] if prefill_lengths else min(context, 512)
     ffn = cfg.get("intermediate_size", 0)
     ffn = max(ffn) if isinstance(ffn, list) else int(ffn)
     heads, hidden = int(cfg["num_attention_heads"]), int(cfg["hidden_size"])
@@ -111,7 +120,7 @@ def activation_bytes(cfg: dict, g: dict, context: int) -> int:
     scores = 2 * heads * chunk * context
     mlp = 3 * chunk * ffn
     states = 4 * chunk * hidden * streams
-    return 4 * (scores + mlp + states + 2 * int(g["vocab_size"]))
+    return 4 * (scores + mlp + states + 2 * vocab_size)
 
 
 # --- what this process may use ---------------------------------------------------------------

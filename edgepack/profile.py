@@ -1,0 +1,247 @@
+"""`edgepack profile`: will a model fit a device, and what does it really take?
+
+- predicted: edgepack/footprint.py's breakdown, from a bundle's manifest, or, before converting
+  anything, from a checkpoint's tensor shapes (safetensors headers / GGUF index) or a preset's
+  layout plus a recipe: the weights are planned exactly as the exporter would plan them;
+- measured (bundles): a child process loads the bundle and generates prompt + N tokens while this
+  process samples its RSS, PSS and the resident bytes of each bundle file (/proc/PID/smaps) every
+  50 ms; page faults come from the child's rusage;
+- a verdict against a device profile (edgepack/devices.json);
+- an HTML report with charts (edgepack/report.py) or JSON.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from edgepack import contract
+from edgepack.errors import EdgepackError
+from edgepack.footprint import Footprint, devices, device_budget, estimate, predict
+
+GEMMA_TOKENIZER_BYTES = 14_407_266  # tokenizer.json of Gemma's 262k vocabulary, for presets
+PLE_TABLE = "model.embed_tokens_per_layer.weight"
+EMBEDDING = "model.embed_tokens.weight"
+
+
+def device_engine(fmt: str, device: str | None) -> str:
+    """The engine a device would run: LiteRT's Interpreter on cores without LSE atomics."""
+    if fmt == "onnx":
+        return "onnx"
+    if device and not devices()[device].get("lse_atomics", True):
+        return "interpreter"
+    return "compiled"
+
+
+def plan_from_layout(family: str, config: dict, shapes: dict[str, tuple[int, ...]], recipe_spec: str, fmt: str,
+                     context: int, prefill_len: int, engine: str, storage=lambda name: "BF16",
+                     tokenizer_bytes: int = GEMMA_TOKENIZER_BYTES) -> tuple[Footprint, dict]:
+    """The footprint of the bundle `edgepack export` would write from these tensors. Returns it
+    with the planned bytes per component (what `inspect` would show)."""
+    from edgepack.converters import quant_plan, recipes
+
+    recipe = recipes.load(recipe_spec)
+    text = _text_tensors(family, config, shapes)
+    plans = {n: quant_plan.decide(n, s, recipe, fmt, storage(n)) for n, s in text.items() if len(s) == 2}
+    vectors = sum(4 * math.prod(s) for s in text.values() if len(s) != 2)
+    graph = vectors + sum(p.nbytes for n, p in plans.items() if n != PLE_TABLE)
+    stores = {}
+    if family == "gemma3n":
+        stores["per_layer_embeddings"] = _store_spec(plans[PLE_TABLE])
+        if fmt == "litertlm":  # the embedder graph's table; the main graph keeps the tied LM head
+            stores["embeddings"] = _store_spec(plans[EMBEDDING])
+    owners = _cache_layers(family, config)
+    kv = contract.cache_shapes(owners, int(config["num_key_value_heads"]), context, int(config["head_dim"]))
+    fp = estimate(engine, graph, quantized=recipe.name != "none", row_stores=stores,
+                  kv_bytes=sum(4 * math.prod(s) for s in kv.values()), config=config,
+                  prefill_lengths=[prefill_len] if fmt == "litertlm" else [], vocab_size=int(config["vocab_size"]),
+                  context=context, tokenizer_bytes=tokenizer_bytes)
+    return fp, quant_plan.summary(list(plans.values()))
+
+
+def _text_tensors(family: str, config: dict, shapes: dict) -> dict[str, tuple[int, ...]]:
+    """The decoder's tensors under their "model.*" names, without the towers and without the K/V
+    projections that KV-shared layers carry but never use."""
+    out = {}
+    for name, shape in shapes.items():
+        if name.startswith("model.language_model."):
+            name = "model." + name[len("model.language_model."):]
+        elif name.startswith(("model.audio_tower.", "model.vision_tower.", "model.embed_", "lm_head")) \
+                and not name.startswith(("model.embed_tokens",)):
+            continue
+        out[name] = tuple(shape)
+    if family == "gemma3n":
+        first_shared = config["num_hidden_layers"] - config.get("num_kv_shared_layers", 0)
+        for i in range(first_shared, config["num_hidden_layers"]):
+            for proj in ("k_proj", "v_proj", "k_norm"):
+                out.pop(f"model.layers.{i}.self_attn.{proj}.weight", None)
+    return out
+
+
+def _cache_layers(family: str, config: dict) -> list[int]:
+    n = int(config["num_hidden_layers"])
+    return list(range(n - int(config.get("num_kv_shared_layers", 0)) if family == "gemma3n" else n))
+
+
+def _store_spec(plan) -> dict:
+    rows, cols = plan.shape
+    if plan.bits == 32:
+        return {"shape": [rows, cols], "dtype": "float32"}
+    return {"shape": [rows, cols], "dtype": f"int{plan.bits}", "block": plan.block or cols}
+
+
+def plan_from_preset(name: str, recipe: str, fmt: str, context: int, prefill_len: int, engine: str):
+    from edgepack.converters import synth
+
+    config, shapes = synth.layout(name, towers=False)
+    family = synth.PRESETS[name][0]
+    text = config.get("text_config", config)
+    return plan_from_layout(family, text, shapes, recipe, fmt, context, prefill_len, engine)
+
+
+def plan_from_checkpoint(path: str, recipe: str, fmt: str, context: int, prefill_len: int, engine: str):
+    from edgepack.converters.builtin import resolve
+    from edgepack.converters.sources import open_source
+
+    src = open_source(resolve(path))
+    return plan_from_layout(src.family, src.config, src.shapes, recipe, fmt, context, prefill_len, engine,
+                            storage=src.storage, tokenizer_bytes=len(src.tokenizer_json.encode()))
+
+
+# --- measured ---------------------------------------------------------------------------------
+
+CHILD = """
+import sys
+from edgepack.runtime import Generator
+gen = Generator(sys.argv[1], verify=False, memory_check=False)
+print("loaded", flush=True)
+ids = [gen.bos_id] + list(range(1000, 1000 + int(sys.argv[2]) - 1))
+for _ in gen.generate_ids(ids, int(sys.argv[3])):
+    pass
+print("done", flush=True)
+"""
+
+
+def measure(bundle: Path, prompt_tokens: int, new_tokens: int, engine: str | None = None,
+            interval: float = 0.05) -> dict:
+    """Runs prompt + N tokens in a child process (with `engine`'s LiteRT API, if given) and samples
+    its memory until it exits."""
+    from edgepack.runtime.litert_engine import API_ENV
+
+    files = {str((bundle / f).resolve()): f for f in os.listdir(bundle) if (bundle / f).is_file()}
+    env = dict(os.environ) | ({API_ENV: engine} if engine in ("compiled", "interpreter") else {})
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(bundle), str(prompt_tokens), str(new_tokens)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    os.set_blocking(proc.stdout.fileno(), False)
+    t0, samples, events, out = time.time(), [], {}, ""
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # wait4 also gives the page faults
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            break
+        sample = _sample(proc.pid, files)
+        if sample:
+            samples.append({"t": round(time.time() - t0, 3), **sample})
+        out += (proc.stdout.read() or b"").decode()  # non-blocking: None while the child is quiet
+        for word in ("loaded", "done"):
+            if word in out and word not in events:
+                events[word] = round(time.time() - t0, 3)
+        time.sleep(interval)
+    err = proc.stderr.read().decode(errors="replace")
+    if proc.returncode != 0:
+        raise EdgepackError(f"the measured run failed (exit {proc.returncode}): {err.strip()[-500:]}")
+    if not samples:
+        raise EdgepackError("the measured run ended before it could be sampled")
+    # The kernel's high-water mark catches peaks between samples; the samples show when and where.
+    peak = max(samples, key=lambda s: s["rss"])
+    return {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "interval": interval,
+            "peak_rss": max(s["hwm"] for s in samples), "peak_pss": max(s["pss"] for s in samples),
+            "files_at_peak": peak["files"], "file_sizes": {f: (bundle / f).stat().st_size for f in files.values()},
+            "page_faults": {"major": usage.ru_majflt, "minor": usage.ru_minflt},
+            "events": events, "samples": samples}
+
+
+def _sample(pid: int, files: dict[str, str]) -> dict | None:
+    """RSS, PSS and resident bytes per bundle file, from /proc/PID/smaps."""
+    try:
+        smaps = Path(f"/proc/{pid}/smaps").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (OSError, ProcessLookupError):
+        return None
+    hwm = next((int(l.split()[1]) * 1024 for l in status.splitlines() if l.startswith("VmHWM:")), 0)
+    rss = pss = 0
+    per_file: dict[str, int] = {}
+    current = None
+    for line in smaps.splitlines():
+        head = line.split(None, 1)[0]
+        if not head.endswith(":"):  # a mapping's header: address perms offset dev inode path
+            fields = line.split(None, 5)
+            current = files.get(fields[5].strip()) if len(fields) == 6 else None
+        elif head == "Rss:":
+            kb = int(line.split()[1]) * 1024
+            rss += kb
+            if current:
+                per_file[current] = per_file.get(current, 0) + kb
+        elif head == "Pss:":
+            pss += int(line.split()[1]) * 1024
+    return {"rss": rss, "pss": pss, "hwm": hwm, "files": per_file}
+
+
+# --- the whole profile ------------------------------------------------------------------------
+
+def profile(target: str | None, preset: str | None = None, recipe: str = "none", fmt: str = "litertlm",
+            context: int = 4096, prefill_len: int = 128, device: str | None = None, run: bool = True,
+            prompt_tokens: int = 512, new_tokens: int = 256) -> dict:
+    budget = device_budget(device) if device else None
+    report: dict = {"device": device, "budget": budget}
+    if preset or not (Path(target).expanduser() / "manifest.json").exists():
+        engine = device_engine(fmt, device)
+        if preset:
+            fp, comps = plan_from_preset(preset, recipe, fmt, context, prefill_len, engine)
+        else:
+            fp, comps = plan_from_checkpoint(target, recipe, fmt, context, prefill_len, engine)
+        report |= {"subject": preset or target, "kind": "plan", "format": fmt, "recipe": recipe,
+                   "context": context, "components": comps}
+    else:
+        from edgepack.bundle import Bundle
+
+        b = Bundle(target)
+        fp = predict(b, device_engine(b.format, device) if device else None)
+        report |= {"subject": str(b.path), "kind": "bundle", "format": b.format, "context": b.max_context,
+                   "recipe": b.manifest["precision"]["quantization"], "components": b.manifest["precision"]["components"]}
+        if run:
+            n_prompt = min(prompt_tokens, b.max_context - 1)
+            report["measured"] = measure(b.path, n_prompt, max(1, min(new_tokens, b.max_context - n_prompt)),
+                                         fp.engine)
+    report["predicted"] = fp.as_dict()
+    peak = report.get("measured", {}).get("peak_rss", fp.peak)
+    if budget:
+        report["verdict"] = {"fits": max(peak, fp.peak) <= budget, "headroom": budget - max(peak, fp.peak)}
+    return report
+
+
+def format_text(r: dict) -> str:
+    MiB = 2**20
+    p = r["predicted"]
+    lines = [f"{r['subject']}: {r['format']}, quantization {r['recipe']}, context {r['context']:,} tokens, "
+             f"{p['engine']} engine", "predicted peak:"]
+    lines += [f"  {k:<12} {v / MiB:>10,.1f} MiB" for k, v in p["parts"].items()]
+    lines.append(f"  {'peak':<12} {p['peak'] / MiB:>10,.1f} MiB (tokenizer parse alone: {p['parse_peak'] / MiB:,.0f} MiB)")
+    m = r.get("measured")
+    if m:
+        lines.append(f"measured ({m['prompt_tokens']} prompt + {m['new_tokens']} generated tokens): peak RSS "
+                     f"{m['peak_rss'] / MiB:,.1f} MiB, peak PSS {m['peak_pss'] / MiB:,.1f} MiB "
+                     f"(predicted / measured {p['peak'] / m['peak_rss']:.2f})")
+        for f, size in m["file_sizes"].items():
+            res = m["files_at_peak"].get(f, 0)
+            lines.append(f"  {f:<28} {res / MiB:>9,.1f} of {size / MiB:,.1f} MiB resident ({res / size:.1%})")
+    if r.get("verdict"):
+        v = r["verdict"]
+        lines.append(f"{r['device']}: budget {r['budget'] / MiB:,.0f} MiB -> "
+                     + (f"fits, {v['headroom'] / MiB:,.0f} MiB to spare" if v["fits"]
+                        else f"does NOT fit, {-v['headroom'] / MiB:,.0f} MiB over"))
+    return "\n".join(lines)

@@ -1,0 +1,108 @@
+"""`edgepack profile`: the analytic model against hand-computed numbers for the real E2B/E4B
+layouts, the plan-before-converting against what the exporter then writes, a measured run against
+the prediction, and the HTML report."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+
+from edgepack.cli import main
+from edgepack.profile import plan_from_checkpoint, plan_from_preset, profile
+
+MiB = 2**20
+CONTEXT = 4096
+
+
+def int4_block32(n: int) -> int:
+    return n // 2 + n // 32 * 4  # 4-bit codes + one float32 scale per 32 weights
+
+
+@pytest.mark.parametrize("preset,layers,ffn,shared", [("gemma-3n-E2B", 30, 8192, 10), ("gemma-3n-E4B", 35, 16384, 15)])
+def test_gemma3n_prediction_matches_hand_computed(preset, layers, ffn, shared):
+    fp, comps = plan_from_preset(preset, "int4", "litertlm", CONTEXT, 128, "compiled")
+    hidden, kv_dim, vocab = 2048, 2 * 256, 262_400
+    owners = layers - shared  # 20 in both
+    assert owners == 20
+    # attention: q and o everywhere, k and v only where a layer owns its cache
+    attention = layers * 2 * hidden * hidden + owners * 2 * kv_dim * hidden
+    assert comps["attention"]["bytes"] == int4_block32(attention)
+    assert comps["mlp"]["bytes"] == int4_block32(layers * 3 * hidden * ffn)
+    # the tied embedding / LM head: int8, one scale per row
+    assert comps["embedding"]["bytes"] == vocab * hidden + vocab * 4
+    # PLE table, int4 one scale per row: never in the graph
+    assert comps["per_layer_table"]["bytes"] == 262_144 * (layers * 256 // 2 + 4)
+    # KV cache: 20 layers x (K + V) x 2 heads x 4096 x 256 float32
+    assert fp.parts["kv_cache"] == owners * 2 * 2 * CONTEXT * 256 * 4
+    # row stores: every token of the context touches one row of each table, and the page after
+    # it (rows don't start on page boundaries): E2B's PLE row is 3,844 bytes (2 pages), E4B's 4,484 (3)
+    ple_pages = -(-(layers * 256 // 2 + 4) // 4096) + 1
+    assert fp.parts["row_stores"] == CONTEXT * (ple_pages + 2) * 4096
+    graph = sum(c["bytes"] for name, c in comps.items() if name != "per_layer_table")
+    assert abs(fp.parts["weights"] / graph - 2.3) < 0.01  # LiteRT's per-byte cost, quantized graph
+
+
+@pytest.mark.parametrize("fmt", ["litertlm", "onnx"])
+def test_plan_before_converting_matches_the_export(fmt, checkpoint, bundle):
+    """What `profile CHECKPOINT --quant int4` plans is what `export --quant int4` writes."""
+    from edgepack.bundle import Bundle
+    from edgepack.footprint import predict
+
+    fp, comps = plan_from_checkpoint(str(checkpoint("gemma3n_multimodal")), "int4", fmt, 64, 8,
+                                     "onnx" if fmt == "onnx" else "compiled")
+    b = Bundle(bundle("gemma3n_multimodal", fmt, "int4"))
+    written = b.manifest["precision"]["components"]
+    assert set(comps) == set(written)
+    for name, c in comps.items():
+        assert sorted(c["precisions"]) == sorted(written[name]["precisions"]), name
+        # ONNX's 4-bit zero points (half a byte per block) weigh ~10% of the tiny model's 8x64 tensors
+        assert abs(c["bytes"] / written[name]["bytes"] - 1) < 0.15, (name, c["bytes"], written[name]["bytes"])
+    actual = predict(b)
+    for part in ("kv_cache", "row_stores", "activations"):
+        assert fp.parts[part] == actual.parts[part], part
+    # The graph files add what the plan doesn't count: TFLite an int64 zero point beside each
+    # per-channel scale (3 MB on the tiny model's 262k-row LM head), ONNX a second copy of the
+    # embedding's scales (GatherBlockQuantized and MatMulNBits want different shapes) and a 2 MB
+    # graph. On this 20 MB model that is up to a fifth; at E2B scale it is about 4%.
+    assert abs(fp.parts["weights"] / actual.parts["weights"] - 1) < 0.2
+
+
+@pytest.mark.parametrize("fmt", ["litertlm", "onnx"])
+def test_measured_run_agrees_with_prediction(fmt, bundle):
+    r = profile(str(bundle("gemma3n_multimodal", fmt)), device="pi4-2gb", prompt_tokens=24, new_tokens=16)
+    m, p = r["measured"], r["predicted"]
+    assert len(m["samples"]) >= 5 and set(m["events"]) == {"loaded", "done"}
+    assert abs(p["peak"] / m["peak_rss"] - 1) < 0.15, (p, m["peak_rss"])
+    assert m["peak_pss"] <= m["peak_rss"]
+    assert m["page_faults"]["minor"] > 0
+    table = "per_layer_embeddings.bin" if fmt == "onnx" else "model.litertlm"
+    resident = max(s["files"].get(table, 0) for s in m["samples"])
+    assert 0 < resident < m["file_sizes"][table]  # memory-mapped: only touched pages are resident
+    assert r["verdict"]["fits"]
+
+
+def test_report_renders(bundle, tmp_path):
+    html = tmp_path / "report.html"
+    assert main(["profile", str(bundle("gemma3", "onnx")), "--device", "pi4-2gb", "--prompt-tokens", "16",
+                 "--tokens", "8", "--html", str(html)]) == 0
+    page = html.read_text()
+    pngs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(pngs) == 2  # the breakdown and the memory over time
+    for png in pngs:
+        assert base64.b64decode(png).startswith(b"\x89PNG\r\n\x1a\n")
+    assert "pi4-2gb" in page and "predicted peak" in page
+
+
+def test_cli_verdicts_and_errors(capsys):
+    assert main(["profile", "--preset", "gemma-3-270m", "--quant", "int4", "--device", "pi4-2gb", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["verdict"]["fits"] and r["predicted"]["engine"] == "interpreter"  # a Pi 4 has no LSE atomics
+    assert main(["profile", "--preset", "gemma-3n-E4B", "--device", "pi4-2gb", "--json"]) == 0
+    assert not json.loads(capsys.readouterr().out)["verdict"]["fits"]  # fp32 E4B on a 2 GB Pi
+    assert main(["profile", "somewhere", "--preset", "gemma-3-270m"]) == 2
+    assert "one of them" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["profile", "--preset", "gemma-3-270m", "--device", "pi3"])
