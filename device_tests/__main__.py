@@ -13,7 +13,8 @@ if __name__ == "__main__":
     try:
         targets_from(specs)
     except ValueError as e:
-        sys.exit(f"device_tests: {e}")
+        print(f"device_tests: {e}", file=sys.stderr)
+        sys.exit(2)
     extra = [a for a in sys.argv[1:] if a.startswith("-")]
     args = [str(Path(__file__).parent), "-q", *extra] + [f"--device={s}" for s in specs]
     sys.exit(pytest.main(args))

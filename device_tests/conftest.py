@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from device_tests.targets import DEFAULT_TARGETS, ON_DEVICE, Unavailable, targets_from
+from device_tests.targets import ON_DEVICE, Unavailable, default_targets, targets_from
 
 
 def pytest_addoption(parser):
@@ -19,7 +19,7 @@ def pytest_addoption(parser):
 
 def pytest_generate_tests(metafunc):
     if "target" in metafunc.fixturenames:
-        specs = metafunc.config.getoption("--device") or DEFAULT_TARGETS
+        specs = metafunc.config.getoption("--device") or default_targets()
         metafunc.parametrize("target", specs, indirect=True, ids=[s.split("://")[0].split(":")[0] for s in specs])
 
 

@@ -249,6 +249,9 @@ def targets_from(specs: list[str]) -> list:
     return out
 
 
-DEFAULT_TARGETS = ["emulated-pi4", "emulated-pi5", os.environ.get("EDGEPACK_DEVICE_SSH") and
-                   "ssh://" + os.environ["EDGEPACK_DEVICE_SSH"].removeprefix("ssh://") or "ssh",
-                   os.environ.get("EDGEPACK_DEVICE_ADB") and "adb:" + os.environ["EDGEPACK_DEVICE_ADB"] or "adb"]
+def default_targets() -> list[str]:
+    """Both emulated Pis, plus the board and phone named by EDGEPACK_DEVICE_SSH / EDGEPACK_DEVICE_ADB
+    (without them the ssh and adb targets skip, saying so)."""
+    ssh, adb = os.environ.get("EDGEPACK_DEVICE_SSH"), os.environ.get("EDGEPACK_DEVICE_ADB")
+    return ["emulated-pi4", "emulated-pi5", "ssh://" + ssh.removeprefix("ssh://") if ssh else "ssh",
+            "adb:" + adb if adb else "adb"]

@@ -25,10 +25,15 @@ FORMATS = ("litertlm", "onnx")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    """The file's sha256, read with drop-behind: hashing a multi-GB bundle must not leave it in
+    the page cache, where the kernel keeps it as large folios that a later memory-mapped row
+    gather would map whole (megabytes resident per gathered row instead of a page or two)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
     return h.hexdigest()
 
 

@@ -117,7 +117,7 @@ def plan_from_checkpoint(path: str, recipe: str, fmt: str, context: int, prefill
 CHILD = """
 import sys
 from edgepack.runtime import Generator
-gen = Generator(sys.argv[1], verify=False, memory_check=False)
+gen = Generator(sys.argv[1], memory_check=False)  # verified, as `edgepack run` does
 print("loaded", flush=True)
 ids = [gen.bos_id] + list(range(1000, 1000 + int(sys.argv[2]) - 1))
 for _ in gen.generate_ids(ids, int(sys.argv[3])):
@@ -157,10 +157,10 @@ def measure(bundle: Path, prompt_tokens: int, new_tokens: int, engine: str | Non
     if not samples:
         raise EdgepackError("the measured run ended before it could be sampled")
     # The kernel's high-water mark catches peaks between samples; the samples show when and where.
-    peak = max(samples, key=lambda s: s["rss"])
     return {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "interval": interval,
             "peak_rss": max(s["hwm"] for s in samples), "peak_pss": max(s["pss"] for s in samples),
-            "files_at_peak": peak["files"], "file_sizes": {f: (bundle / f).stat().st_size for f in files.values()},
+            "files_max_resident": {f: max(s["files"].get(f, 0) for s in samples) for f in files.values()},
+            "file_sizes": {f: (bundle / f).stat().st_size for f in files.values()},
             "page_faults": {"major": usage.ru_majflt, "minor": usage.ru_minflt},
             "events": events, "samples": samples}
 
@@ -236,9 +236,11 @@ def format_text(r: dict) -> str:
         lines.append(f"measured ({m['prompt_tokens']} prompt + {m['new_tokens']} generated tokens): peak RSS "
                      f"{m['peak_rss'] / MiB:,.1f} MiB, peak PSS {m['peak_pss'] / MiB:,.1f} MiB "
                      f"(predicted / measured {p['peak'] / m['peak_rss']:.2f})")
+        lines.append("  most resident, per bundle file:")
         for f, size in m["file_sizes"].items():
-            res = m["files_at_peak"].get(f, 0)
-            lines.append(f"  {f:<28} {res / MiB:>9,.1f} of {size / MiB:,.1f} MiB resident ({res / size:.1%})")
+            res = m["files_max_resident"][f]
+            if res or size > MiB:
+                lines.append(f"  {f:<28} {res / MiB:>9,.1f} of {size / MiB:,.1f} MiB ({res / size:.1%})")
     if r.get("verdict"):
         v = r["verdict"]
         lines.append(f"{r['device']}: budget {r['budget'] / MiB:,.0f} MiB -> "
