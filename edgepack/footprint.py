@@ -4,7 +4,7 @@ board is refused with the numbers instead of being OOM-killed half-way through a
 
 The prediction is a sum of parts, each from the manifest alone:
 - runtime: the interpreter with numpy, the tokenizers library and the engine's library loaded;
-- tokenizer: the parsed vocabulary (Gemma's 262k pieces; parsing briefly needs ~4x what stays);
+- tokenizer: the parsed vocabulary (Gemma's 262k pieces; parsing briefly needs ~3.5x what stays);
 - weights: the decode graph's bytes times what the engine keeps per byte (below);
 - row stores: the memory-mapped tables' pages a generation can touch (one row per distinct token);
 - KV cache: every cache tensor, times the copies the engine holds;
@@ -51,7 +51,8 @@ class Footprint:
 
     def lines(self) -> list[str]:
         out = [f"  {name:<12} {n / MiB:>10,.1f} MiB" for name, n in self.parts.items()]
-        out.append(f"  {'peak':<12} {self.peak / MiB:>10,.1f} MiB")
+        why = " (while parsing the tokenizer)" if self.parse_peak > sum(self.parts.values()) else ""
+        out.append(f"  {'peak':<12} {self.peak / MiB:>10,.1f} MiB{why}")
         return out
 
     def as_dict(self) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from edgepack.bundle import Bundle
+from edgepack.footprint import predict
 
 
 def _mb(n: int) -> str:
@@ -46,6 +47,7 @@ def summary(b: Bundle, checksums_verified: bool) -> dict:
         "files": [{k: f[k] for k in ("path", "role", "size", "sha256")} for f in files],
         "total_bytes": total,
         "checksums": "verified" if checksums_verified else "sizes only",
+        "predicted_peak": predict(b).as_dict(),
     }
     lines = [
         f"bundle       {b.path}",
@@ -65,6 +67,9 @@ def summary(b: Bundle, checksums_verified: bool) -> dict:
     for name, s in info["row_stores"].items():
         lines.append(f"row store    {name}: {s['shape'][0]:,} x {s['shape'][1]:,} {s['dtype']}, memory-mapped "
                      f"from {s['file']} @ {s['offset']:,}")
+    fp = info["predicted_peak"]
+    lines.append(f"memory       predicted peak {_mb(fp['peak'])} with this machine's {fp['engine']} engine "
+                 f"(`edgepack profile` breaks it down)")
     lines.append("files")
     for f in files:
         lines.append(f"  {f['path']:<28} {_mb(f['size']):>12}  {f['role']:<22} sha256 {f['sha256'][:16]}…")
