@@ -79,8 +79,8 @@ def main() -> None:
     row = cols // 2 + 4
     print(f"{a.preset} PLE table, int4 per-row: {size / 2**20:,.0f} MiB; {a.prompt} prompt + {a.generate} "
           f"generated tokens, {r['distinct']} distinct rows of {row:,} bytes")
-    print(f"| resident | share of the file | vs loading the table | per distinct row |")
-    print(f"|---|---|---|---|")
+    print("| resident | share of the file | vs loading the table | per distinct row |")
+    print("|---|---|---|---|")
     print(f"| {r['resident'] / 2**20:,.1f} MiB | {r['resident'] / size:.2%} | {r['resident'] / size:.3f}x | "
           f"{r['resident'] / r['distinct'] / 1024:,.1f} KiB |")
 

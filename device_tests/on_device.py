@@ -20,12 +20,6 @@ import numpy as np
 TOP = 8
 
 
-def peak_rss() -> int:
-    """The process's high-water RSS (VmHWM; ru_maxrss would carry a parent's peak across exec)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-
-
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("bundles", nargs="+")
@@ -35,6 +29,7 @@ def main() -> int:
     a = p.parse_args()
 
     from edgepack.errors import EdgepackError
+    from edgepack.footprint import peak_rss
     from edgepack.runtime import Generator
     from edgepack.runtime.engines import default_threads
 

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from edgepack.runtime.litert_engine import API_ENV
+
 HERE = Path(__file__).resolve().parent
 ON_DEVICE = HERE / "on_device.py"
 
@@ -73,9 +75,8 @@ class Emulated:
     def run(self, args: list[str], memory_limit: int | None = None, timeout: float = 1800) -> Result:
         env = {"PATH": "/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8", "QEMU_CPU": self.cpu,
                "PYTHONPATH": f"{self.env['app']}:{self.env['site']}", "PYTHONDONTWRITEBYTECODE": "1"}
-        for var in ("EDGEPACK_LITERT_API",):
-            if var in os.environ:
-                env[var] = os.environ[var]
+        if API_ENV in os.environ:  # a forced LiteRT API reaches the device too
+            env[API_ENV] = os.environ[API_ENV]
         cmd = ["qemu-aarch64-static", "-L", str(self.root), str(self.root / "usr/bin/python3"), *args]
         if memory_limit is None:
             p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -92,14 +93,11 @@ class MemoryCgroup:
     def __init__(self, limit: int):
         self.limit = limit
         self.dir = None
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
-            _, controllers, rel = line.split(":", 2)
-            if "memory" in controllers.split(","):
-                self.v2, parent = False, Path("/sys/fs/cgroup/memory") / rel.lstrip("/")
-                break
-        else:
-            self.v2, parent = True, Path("/sys/fs/cgroup") / Path("/proc/self/cgroup").read_text().split("::", 1)[1].strip().lstrip("/")
-        self.parent = parent
+        lines = [line.split(":", 2) for line in Path("/proc/self/cgroup").read_text().splitlines()]
+        v1 = next((rel for _, controllers, rel in lines if "memory" in controllers.split(",")), None)
+        self.v2 = v1 is None  # no v1 memory controller: the unified hierarchy ("0::/path")
+        rel = v1 if v1 is not None else next(rel for _, controllers, rel in lines if controllers == "")
+        self.parent = Path("/sys/fs/cgroup/memory" if v1 is not None else "/sys/fs/cgroup") / rel.lstrip("/")
 
     def __enter__(self) -> "MemoryCgroup":
         self.dir = self.parent / f"edgepack-device-{os.getpid()}-{id(self)}"

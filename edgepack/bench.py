@@ -13,8 +13,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from edgepack import peers
 from edgepack.errors import EdgepackError
 
@@ -69,10 +67,11 @@ def _env_with(path: Path) -> dict:
 def decode_bytes(b) -> int:
     """Bytes one decode step reads: every weight of the decode graph (the tied embedding included,
     as the LM head) and the whole KV cache, which the graphs attend over at every step."""
-    from edgepack.runtime.engines import Engine
+    from edgepack import contract
 
-    shapes = Engine.cache_shapes_of(b)
-    return b.graph_bytes + sum(4 * int(np.prod(s)) for s in shapes.values())
+    g = b.manifest["graph"]
+    return b.graph_bytes + contract.cache_bytes(g["cache_layers"], int(g["num_kv_heads"]), b.max_context,
+                                                int(g["head_dim"]))
 
 
 def _source_gguf(b, gguf: str | None) -> Path | None:

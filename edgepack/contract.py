@@ -4,6 +4,8 @@ them). It is LiteRT-LM's: the same names and layouts serve its engine, ours, and
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 # Finite on purpose: a fully masked row (a padded prefill slot) must give a uniform softmax, not
@@ -52,6 +54,11 @@ def cache_shapes(cache_layers: list[int], num_kv_heads: int, cache_len: int,
     k = k_cache_shape(num_kv_heads, cache_len, head_dim)
     v = v_cache_shape(num_kv_heads, cache_len, head_dim)
     return {name: (k if name.startswith("kv_cache_k_") else v) for name in cache_names(cache_layers)}
+
+
+def cache_bytes(cache_layers: list[int], num_kv_heads: int, cache_len: int, head_dim: int) -> int:
+    """Bytes of every cache tensor (float32)."""
+    return sum(4 * math.prod(s) for s in cache_shapes(cache_layers, num_kv_heads, cache_len, head_dim).values())
 
 
 def causal_mask(input_pos: np.ndarray, cache_len: int) -> np.ndarray:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
 
 from edgepack import contract
@@ -62,19 +61,19 @@ class Footprint:
 def engine_kind(b: Bundle) -> str:
     if b.format == "onnx":
         return "onnx"
-    from edgepack.runtime.litert_engine import API_ENV, has_lse_atomics
+    from edgepack.runtime.litert_engine import litert_api
 
-    return os.environ.get(API_ENV) or ("compiled" if has_lse_atomics() else "interpreter")
+    return litert_api()
 
 
 def predict(b: Bundle, engine: str | None = None) -> Footprint:
     """Peak memory of a generation that may fill the bundle's whole context."""
     m, g = b.manifest, b.manifest["graph"]
-    kv = contract.cache_shapes(g["cache_layers"], int(g["num_kv_heads"]), b.max_context, int(g["head_dim"]))
+    kv = contract.cache_bytes(g["cache_layers"], int(g["num_kv_heads"]), b.max_context, int(g["head_dim"]))
     return estimate(
         engine or engine_kind(b), b.graph_bytes,
         quantized=m.get("precision", {}).get("quantization", "none") != "none",
-        row_stores=m.get("row_stores", {}), kv_bytes=sum(4 * math.prod(s) for s in kv.values()),
+        row_stores=m.get("row_stores", {}), kv_bytes=kv,
         config=m["model"]["config"], prefill_lengths=g["prefill_lengths"], vocab_size=int(g["vocab_size"]),
         context=b.max_context, tokenizer_bytes=b.file(m["tokenizer"]["file"]).stat().st_size)
 
@@ -184,6 +183,13 @@ def _own_rss() -> int:
         return int(Path("/proc/self/statm").read_text().split()[1]) * PAGE
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def peak_rss(pid: int | str = "self") -> int:
+    """A process's high-water RSS (VmHWM). Not ru_maxrss: that survives exec, so a child of a big
+    process would report its parent's peak."""
+    with open(f"/proc/{pid}/status") as f:
+        return next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:")), 0)
 
 
 def check_fits(b: Bundle) -> Footprint:

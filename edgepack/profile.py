@@ -21,7 +21,7 @@ from pathlib import Path
 
 from edgepack import contract
 from edgepack.errors import EdgepackError
-from edgepack.footprint import Footprint, devices, device_budget, estimate, predict
+from edgepack.footprint import Footprint, devices, device_budget, estimate, peak_rss, predict
 
 GEMMA_TOKENIZER_BYTES = 14_407_266  # tokenizer.json of Gemma's 262k vocabulary, for presets
 PLE_TABLE = "model.embed_tokens_per_layer.weight"
@@ -55,9 +55,9 @@ def plan_from_layout(family: str, config: dict, shapes: dict[str, tuple[int, ...
         if fmt == "litertlm":  # the embedder graph's table; the main graph keeps the tied LM head
             stores["embeddings"] = _store_spec(plans[EMBEDDING])
     owners = _cache_layers(family, config)
-    kv = contract.cache_shapes(owners, int(config["num_key_value_heads"]), context, int(config["head_dim"]))
+    kv = contract.cache_bytes(owners, int(config["num_key_value_heads"]), context, int(config["head_dim"]))
     fp = estimate(engine, graph, quantized=recipe.name != "none", row_stores=stores,
-                  kv_bytes=sum(4 * math.prod(s) for s in kv.values()), config=config,
+                  kv_bytes=kv, config=config,
                   prefill_lengths=[prefill_len] if fmt == "litertlm" else [], vocab_size=int(config["vocab_size"]),
                   context=context, tokenizer_bytes=tokenizer_bytes)
     return fp, quant_plan.summary(list(plans.values()))
@@ -169,10 +169,9 @@ def _sample(pid: int, files: dict[str, str]) -> dict | None:
     """RSS, PSS and resident bytes per bundle file, from /proc/PID/smaps."""
     try:
         smaps = Path(f"/proc/{pid}/smaps").read_text()
-        status = Path(f"/proc/{pid}/status").read_text()
+        hwm = peak_rss(pid)
     except (OSError, ProcessLookupError):
         return None
-    hwm = next((int(l.split()[1]) * 1024 for l in status.splitlines() if l.startswith("VmHWM:")), 0)
     rss = pss = 0
     per_file: dict[str, int] = {}
     current = None

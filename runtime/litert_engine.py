@@ -47,11 +47,16 @@ def has_lse_atomics() -> bool:
     return bool(hwcap & _HWCAP_ATOMICS)
 
 
-def litert_engine(b: Bundle, threads: int | None = None) -> Engine:
+def litert_api() -> str:
+    """'compiled' or 'interpreter': what this machine runs (EDGEPACK_LITERT_API overrides)."""
     api = os.environ.get(API_ENV) or ("compiled" if has_lse_atomics() else "interpreter")
     if api not in ("compiled", "interpreter"):
         raise EdgepackError(f"{API_ENV} must be 'compiled' or 'interpreter', got {api!r}")
-    return (CompiledModelEngine if api == "compiled" else InterpreterEngine)(b, threads)
+    return api
+
+
+def litert_engine(b: Bundle, threads: int | None = None) -> Engine:
+    return (CompiledModelEngine if litert_api() == "compiled" else InterpreterEngine)(b, threads)
 
 
 def _main_section(b: Bundle) -> tuple[Path, bytes]:

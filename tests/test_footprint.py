@@ -13,14 +13,13 @@ from edgepack.bundle import Bundle
 from edgepack.errors import EdgepackError
 from edgepack.footprint import device_budget, predict
 
-# VmHWM, not ru_maxrss: the latter survives exec, so a child of pytest would report pytest's peak.
 MEASURE = """
 import json, sys
+from edgepack.footprint import peak_rss
 from edgepack.runtime import Generator
 gen = Generator(sys.argv[1])
 list(gen.generate_ids(gen.encode("Once upon a time, in a land far away"), 8))
-hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-print(json.dumps({"peak": hwm * 1024, "engine": type(gen.engine).__name__}))
+print(json.dumps({"peak": peak_rss(), "engine": type(gen.engine).__name__}))
 """
 
 
