@@ -34,25 +34,39 @@ class ExportOptions:
 
 
 def build_decoder(src: sources.Source, backend: str):
+    """The family's graph module, built on the meta device: no weight memory until load_weights."""
     if src.family == "gemma3":
         cfg = gemma3.Gemma3Config.from_hf(src.config)
-        model = gemma3.Gemma3ForCausalLM(cfg, backend)
+        cls = gemma3.Gemma3ForCausalLM
     else:
         cfg = gemma3n.Gemma3nConfig.from_hf(src.config)
-        model = gemma3n.Gemma3nForCausalLM(cfg, backend)
-    load_weights(model, src)
+        cls = gemma3n.Gemma3nForCausalLM
+    with torch.device("meta"):
+        model = cls(cfg, backend)
     return model.eval(), cfg
 
 
-def load_weights(model: torch.nn.Module, src: sources.Source) -> None:
-    """Every parameter by its own name: the graph mirrors the checkpoint's naming."""
+def load_weights(model: torch.nn.Module, src: sources.Source, quantized: dict | None = None,
+                 progress=sys.stderr) -> None:
+    """Every parameter by its own name (the graph mirrors the checkpoint's naming), one tensor at a
+    time. Tensors in `quantized` (ONNX plans) are read in row blocks, rounded and swapped for their
+    quantized module as they come, so the float model never exists whole: exporting full-size
+    E2B/E4B holds the quantized weights and one float tensor at most."""
+    from edgepack.converters import onnx_quant
+
+    quantized = quantized or {}
     params = dict(model.named_parameters())
-    for name, p in tqdm(params.items(), desc="loading weights", unit="tensor", leave=False, file=sys.stderr):
-        w = torch.from_numpy(src.read(name))
-        if tuple(w.shape) != tuple(p.shape):
-            raise EdgepackError(f"{name}: checkpoint shape {tuple(w.shape)}, config implies {tuple(p.shape)}")
-        with torch.no_grad():
-            p.copy_(w)
+    bar = tqdm(params.items(), desc="reading weights", unit="tensor", leave=False, file=progress, disable=None)
+    for name, p in bar:
+        shape = tuple(src.shapes[name]) if name in src.shapes else tuple(src.read(name).shape)
+        if shape != tuple(p.shape):
+            raise EdgepackError(f"{name}: checkpoint shape {shape}, config implies {tuple(p.shape)}")
+        if name in quantized:
+            onnx_quant.swap_in(model, {name: quant_plan.qtensor(quantized[name], src)})
+            continue
+        owner, _, attr = name.rpartition(".")
+        model.get_submodule(owner)._parameters[attr] = torch.nn.Parameter(
+            torch.from_numpy(src.read(name)), requires_grad=False)
 
 
 def export(source: str | Path, out: str | Path, opts: ExportOptions, log=print) -> Path:
@@ -74,6 +88,12 @@ def export(source: str | Path, out: str | Path, opts: ExportOptions, log=print) 
     model, cfg = build_decoder(src, backend)
     plans = plan_weights(model, src, recipe, opts.format)
     stages = Stages(opts.verbose)
+    # ONNX takes the quantized modules as they are read; TFLite converts the float graph and
+    # quantizes the flatbuffer after (tflite_quant).
+    in_graph = {n: p for n, p in plans.items() if p.bits != 32} if opts.format == "onnx" else {}
+    with stages.stage(f"reading weights ({len(in_graph)} tensors quantized as they are read)" if in_graph
+                      else "reading weights"):
+        load_weights(model, src, in_graph, progress=stages.console)
     out = Path(out)
     with bundle.staging(out, force=opts.force) as stage:
         (stage / "tokenizer.json").write_text(src.tokenizer_json)
@@ -152,23 +172,17 @@ def _per_layer_table(src: sources.Source) -> np.ndarray:
 
 
 def _write_onnx(stage: Path, model, cfg, src, opts: ExportOptions, stages: Stages, plans: dict) -> dict:
-    from edgepack.converters import onnx_export, onnx_quant
+    from edgepack.converters import onnx_export
 
-    params = dict(model.named_parameters())
-    todo = {n: p for n, p in plans.items() if p.bits != 32 and n in params}
-    if todo:
-        with stages.stage(f"quantizing {len(todo)} tensors"):
-            qt = {n: quant_plan.qtensor(p, params[n].detach().numpy(), src.raw(n) if src.raw else None)
-                  for n, p in tqdm(todo.items(), desc="quantizing", unit="tensor", leave=False, file=sys.stderr)}
-            onnx_quant.swap_in(model, qt)
     with stages.stage("lowering to ONNX"):
         onnx_export.export(model, cfg, opts.max_context, stage / "model.onnx")
     files = [{"path": "model.onnx", "role": "graph"}, {"path": "model.onnx.data", "role": "weights"}]
     row_stores = {}
     if src.family == "gemma3n":
         scale = float(np.sqrt(cfg.hidden_size_per_layer_input))
-        row_stores["per_layer_embeddings"] = row_tables.write(
-            stage / "per_layer_embeddings.bin", _per_layer_table(src), plans[PLE_TABLE], scale)
+        with stages.stage("writing the per-layer embedding store"):
+            row_stores["per_layer_embeddings"] = row_tables.write(
+                stage / "per_layer_embeddings.bin", src.row_chunks(PLE_TABLE), src.shapes[PLE_TABLE], plans[PLE_TABLE], scale)
         files.append({"path": "per_layer_embeddings.bin", "role": "per_layer_embeddings"})
     return {"graph_file": "model.onnx", "prefill_lengths": [], "inputs": "tokens",
             "files": files, "row_stores": row_stores}

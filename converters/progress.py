@@ -16,6 +16,7 @@ from typing import Iterator
 class Stages:
     def __init__(self, verbose: bool = False):
         self.verbose = verbose
+        self.console = sys.stderr  # the terminal, for progress bars, even while a stage is captured
         fd, name = tempfile.mkstemp(prefix="edgepack-export-", suffix=".log")
         os.close(fd)
         self.log = Path(name)
@@ -40,6 +41,7 @@ class Stages:
         sys.stdout.flush()
         sys.stderr.flush()
         saved = os.dup(1), os.dup(2)
+        self.console = os.fdopen(os.dup(saved[1]), "w")
         # Both levels: C++ logs write to the file descriptors, Python code (litert-torch's progress
         # tree, warnings) to sys.stdout/sys.stderr, which an embedding app may have replaced.
         with open(self.log, "ab") as f, open(self.log, "a", buffering=1) as text, \
@@ -55,6 +57,8 @@ class Stages:
                 os.dup2(saved[1], 2)
                 for fd in saved:
                     os.close(fd)
+                self.console.close()
+                self.console = sys.stderr
 
     def finish(self) -> None:
         """Success: the log has nothing the user needs."""

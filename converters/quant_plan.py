@@ -15,6 +15,7 @@ import numpy as np
 
 from edgepack.converters import quantize
 from edgepack.converters.recipes import Recipe
+from edgepack.converters.sources import Source
 
 
 @dataclasses.dataclass
@@ -70,15 +71,16 @@ def decide(name: str, shape: tuple[int, ...], recipe: Recipe, fmt: str, source: 
     return TensorPlan(name, component, shape, source, bits, block, how)
 
 
-def qtensor(plan: TensorPlan, weight: np.ndarray, raw=None) -> quantize.QTensor:
-    """The ONNX form of a planned tensor: transcoded from the GGUF block data, or rounded (8-bit
-    symmetric; 4-bit asymmetric with integer zero points, except the tied embedding, which
-    GatherBlockQuantized reads without zero points)."""
+def qtensor(plan: TensorPlan, src: Source) -> quantize.QTensor:
+    """The ONNX form of a planned tensor, read from the source as it is quantized: transcoded from
+    the GGUF block data, or rounded a block of rows at a time (8-bit symmetric; 4-bit asymmetric
+    with integer zero points, except the tied embedding, which GatherBlockQuantized reads without
+    zero points)."""
     if plan.how.startswith("exact"):
-        q = quantize.transcode_gguf(raw)
+        q = quantize.transcode_gguf(src.raw(plan.name))
     else:
         symmetric = plan.bits == 8 or plan.component == "embedding"
-        q = quantize.round_to_grid(weight, plan.bits, plan.block, symmetric=symmetric)
+        q = quantize.round_rows(src.row_chunks(plan.name), plan.bits, plan.block, symmetric=symmetric)
         q.how = plan.how
     plan.measured_bytes = q.nbytes()
     return q

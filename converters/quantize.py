@@ -94,6 +94,15 @@ def round_to_grid(w: np.ndarray, bits: int, block: int, symmetric: bool = True) 
     return QTensor(bits, block, q.astype(np.uint8).reshape(rows, cols), scale, zp, "rounded")
 
 
+def round_rows(chunks, bits: int, block: int, symmetric: bool = True) -> QTensor:
+    """round_to_grid over a tensor given as row blocks (blocks run along rows, so rounding a
+    block of rows at a time gives the same codes), never holding more than one block in float."""
+    parts = [round_to_grid(c, bits, block, symmetric) for c in chunks]
+    zp = None if symmetric else np.concatenate([p.zero_points for p in parts])
+    return QTensor(bits, block, np.concatenate([p.codes for p in parts]),
+                   np.concatenate([p.scales for p in parts]), zp, "rounded")
+
+
 # ---- GGUF blocks -> QTensor ------------------------------------------------------------------
 
 def _f16(b: np.ndarray) -> np.ndarray:

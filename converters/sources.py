@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from edgepack.converters.safetensors_file import SafetensorsFile
 from edgepack.errors import EdgepackError
 
 # architecture -> (family, prefix of the text decoder's tensors, where the text config sits)
@@ -43,6 +44,19 @@ class Source:
     storage: Callable[[str], str] = lambda name: "F32"
     raw: Callable[[str], object] | None = None
     shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)  # HF name -> shape
+    read_rows: Callable[[str, int, int], np.ndarray] | None = None  # rows [start, stop) as float32
+
+    def row_chunks(self, name: str, max_bytes: int = 64 << 20):
+        """A 2-D tensor as float32 row blocks of at most `max_bytes`, read one at a time, so a
+        full-size table (E2B's PLE table is 7.9 GB in float32) is never whole in memory. Sources
+        without row reads (GGUF: a tensor is dequantized whole) yield the tensor once."""
+        if self.read_rows is None:
+            yield self.read(name)
+            return
+        rows, cols = self.shapes[name]
+        step = max(1, max_bytes // (4 * cols))
+        for start in range(0, rows, step):
+            yield self.read_rows(name, start, min(rows, start + step))
 
     @property
     def bos_id(self) -> int:
@@ -87,33 +101,36 @@ def _open_hf_dir(p: Path) -> Source:
     if not files:
         raise EdgepackError(f"{p} has no .safetensors weights (pickled .bin checkpoints are refused)")
 
-    import torch
-    from safetensors import safe_open
-
-    # framework="pt": numpy has no bfloat16, the dtype real checkpoints ship in.
-    handles = [safe_open(str(f), framework="pt") for f in files]
+    handles = [SafetensorsFile(f) for f in files]
     where, skipped = {}, set()
     for h in handles:
-        for name in h.keys():
+        for name in h.tensors:
             if name.startswith(prefix):
                 where["model." + name[len(prefix):]] = (h, name)
             elif not name.startswith("lm_head"):
                 skipped.add(name.split(".")[1] if name.startswith("model.") else name.split(".")[0])
 
-    def read(name: str) -> np.ndarray:
+    def tensor(name: str) -> tuple[SafetensorsFile, str]:
         if name not in where:
             raise EdgepackError(f"checkpoint {p} has no tensor {prefix}{name[len('model.'):]}")
-        h, key = where[name]
-        return h.get_tensor(key).to(torch.float32).numpy()
+        return where[name]
+
+    def read(name: str) -> np.ndarray:
+        h, key = tensor(name)
+        return h.read(key)
+
+    def read_rows(name: str, start: int, stop: int) -> np.ndarray:
+        h, key = tensor(name)
+        return h.read_rows(key, start, stop)
 
     def storage(name: str) -> str:
-        h, key = where[name]
-        return str(h.get_slice(key).get_dtype())
+        h, key = tensor(name)
+        return h.dtype(key)
 
     tokenizer_json, template = _hf_tokenizer(p)
-    shapes = {name: tuple(h.get_slice(key).get_shape()) for name, (h, key) in where.items()}
+    shapes = {name: h.shape(key) for name, (h, key) in where.items()}
     return Source(p, family, arch, config, read, tokenizer_json, template, sorted(skipped), "safetensors",
-                  storage, shapes=shapes)
+                  storage, shapes=shapes, read_rows=read_rows)
 
 
 def _hf_tokenizer(p: Path) -> tuple[str, str | None]:

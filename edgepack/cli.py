@@ -47,7 +47,11 @@ def _run(a) -> None:
     # Checked before loading: a bundle can take seconds to load.
     sampling = SamplingParams(a.temperature, a.top_k, a.top_p, a.seed).validate()
     check_max_new_tokens(a.max_new_tokens)
-    gen = Generator(a.bundle, threads=a.threads, verify=not a.no_verify, memory_check=not a.no_memory_check)
+    from edgepack.runtime.row_store import StoreOptions
+
+    stores = StoreOptions(a.ple_cache_mb, a.ple_advice)
+    gen = Generator(a.bundle, threads=a.threads, verify=not a.no_verify, memory_check=not a.no_memory_check,
+                    stores=stores)
     for piece in gen.stream(a.prompt, a.max_new_tokens, sampling, chat=a.chat):
         sys.stdout.write(piece)
         sys.stdout.flush()
@@ -170,6 +174,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--no-memory-check", action="store_true",
                    help="load even when the predicted peak memory is over this process's budget "
                         "(cgroup limit or available RAM); the kernel may then kill the run")
+    r.add_argument("--ple-cache-mb", type=float, default=0.0, metavar="MB",
+                   help="Gemma 3n: keep up to MB of recently used per-layer embedding rows dequantized "
+                        "(LRU, allocated up front; default 0 = off)")
+    r.add_argument("--ple-advice", choices=["random", "normal", "willneed"], default="random",
+                   help="how the kernel reads the memory-mapped embedding tables: random (default: no "
+                        "readahead, only gathered rows become resident), normal (readahead), willneed "
+                        "(read it all at load: fastest first tokens, whole table resident)")
     r.set_defaults(func=_run)
 
     v = sub.add_parser("eval", parents=[bundle_arg, threads_arg, json_arg], help="perplexity of a bundle on a text; agreement with a reference",

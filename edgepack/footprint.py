@@ -66,16 +66,22 @@ def engine_kind(b: Bundle) -> str:
     return litert_api()
 
 
-def predict(b: Bundle, engine: str | None = None) -> Footprint:
-    """Peak memory of a generation that may fill the bundle's whole context."""
+def predict(b: Bundle, engine: str | None = None, row_cache_mb: float = 0.0) -> Footprint:
+    """Peak memory of a generation that may fill the bundle's whole context (with a hot-row cache
+    of `row_cache_mb` for the per-layer embedding store, counted whole: runtime/row_store.py)."""
     m, g = b.manifest, b.manifest["graph"]
     kv = contract.cache_bytes(g["cache_layers"], int(g["num_kv_heads"]), b.max_context, int(g["head_dim"]))
-    return estimate(
+    fp = estimate(
         engine or engine_kind(b), b.graph_bytes,
         quantized=m.get("precision", {}).get("quantization", "none") != "none",
         row_stores=m.get("row_stores", {}), kv_bytes=kv,
         config=m["model"]["config"], prefill_lengths=g["prefill_lengths"], vocab_size=int(g["vocab_size"]),
         context=b.max_context, tokenizer_bytes=b.file(m["tokenizer"]["file"]).stat().st_size)
+    ple = m.get("row_stores", {}).get("per_layer_embeddings")
+    if ple and row_cache_mb:
+        row = 4 * int(ple["shape"][1])
+        fp.parts["row_cache"] = int(row_cache_mb * MiB) // row * row
+    return fp
 
 
 def estimate(engine: str, graph_bytes: int, quantized: bool, row_stores: dict[str, dict], kv_bytes: int,
@@ -192,9 +198,9 @@ def peak_rss(pid: int | str = "self") -> int:
         return next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:")), 0)
 
 
-def check_fits(b: Bundle) -> Footprint:
+def check_fits(b: Bundle, row_cache_mb: float = 0.0) -> Footprint:
     """Raises before loading when the predicted peak is over this process's budget."""
-    fp = predict(b)
+    fp = predict(b, row_cache_mb=row_cache_mb)
     budget, source = memory_budget()
     if budget and fp.peak > budget:
         raise EdgepackError(

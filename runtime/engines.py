@@ -14,7 +14,7 @@ import numpy as np
 from edgepack import contract
 from edgepack.bundle import Bundle
 from edgepack.errors import EdgepackError
-from edgepack.runtime.row_store import RowStore
+from edgepack.runtime.row_store import RowStore, StoreOptions
 
 
 def plan_chunks(n: int, length: int | None, cache_len: int) -> list[tuple[int, int]]:
@@ -41,7 +41,7 @@ def plan_chunks(n: int, length: int | None, cache_len: int) -> list[tuple[int, i
 class Engine:
     """Shared cache bookkeeping and input preparation; subclasses run the graph."""
 
-    def __init__(self, b: Bundle):
+    def __init__(self, b: Bundle, stores: StoreOptions = StoreOptions()):
         g = b.manifest["graph"]
         self.bundle = b
         self.cache_len = b.max_context
@@ -50,8 +50,9 @@ class Engine:
         self.inputs_kind = g["inputs"]  # "tokens" | "embeddings"
         self.cache_shapes = self.cache_shapes_of(b)
         self.cache_names = list(self.cache_shapes)
-        stores = b.manifest.get("row_stores", {})
-        self.stores = {name: RowStore(b.path, spec) for name, spec in stores.items()}
+        self.stores = {name: RowStore(b.path, spec, stores.advice,
+                                      stores.cache_mb if name == "per_layer_embeddings" else 0.0)
+                       for name, spec in b.manifest.get("row_stores", {}).items()}
         cfg = b.manifest["model"]["config"]
         self.ple_shape = (cfg.get("num_hidden_layers"), cfg.get("hidden_size_per_layer_input"))
         self.reset()
@@ -106,7 +107,7 @@ def default_threads() -> int:
 
 
 class OnnxEngine(Engine):
-    def __init__(self, b: Bundle, threads: int | None = None):
+    def __init__(self, b: Bundle, threads: int | None = None, stores: StoreOptions = StoreOptions()):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -117,7 +118,7 @@ class OnnxEngine(Engine):
                                                 providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
             raise EdgepackError(f"onnxruntime cannot load {b.path}: {e}") from None
-        super().__init__(b)
+        super().__init__(b, stores)
         self.outputs = ["logits"] + [contract.kv_slice_name(n) for n in self.cache_names]
 
     def _run(self, ids, positions) -> np.ndarray:
@@ -139,11 +140,11 @@ class OnnxEngine(Engine):
         return self._run(ids, positions)
 
 
-def open_engine(b: Bundle, threads: int | None = None) -> Engine:
+def open_engine(b: Bundle, threads: int | None = None, stores: StoreOptions = StoreOptions()) -> Engine:
     if threads is not None and threads < 1:
         raise EdgepackError(f"--threads must be >= 1, got {threads}")
     if b.format == "onnx":
-        return OnnxEngine(b, threads)
+        return OnnxEngine(b, threads, stores)
     from edgepack.runtime.litert_engine import litert_engine
 
-    return litert_engine(b, threads)
+    return litert_engine(b, threads, stores)

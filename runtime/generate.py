@@ -19,6 +19,7 @@ from edgepack.bundle import Bundle
 from edgepack.errors import EdgepackError
 from edgepack.footprint import check_fits
 from edgepack.runtime.engines import open_engine
+from edgepack.runtime.row_store import StoreOptions
 from edgepack.runtime.sampling import Sampler, SamplingParams
 
 
@@ -30,22 +31,23 @@ class StepResult:
 
 class Generator:
     """`verify` checks every file's sha256; `memory_check` refuses, before anything big is read,
-    a bundle whose predicted peak (edgepack/footprint.py) is over what this process may use."""
+    a bundle whose predicted peak (edgepack/footprint.py) is over what this process may use;
+    `stores` sets the per-layer embedding store's hot-row cache and kernel advice (row_store.py)."""
 
     def __init__(self, bundle: str | Path | Bundle, threads: int | None = None, verify: bool = True,
-                 memory_check: bool = True):
+                 memory_check: bool = True, stores: StoreOptions = StoreOptions()):
         from tokenizers import Tokenizer
 
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
         self.bundle.verify(checksums=verify)
-        self.footprint = check_fits(self.bundle) if memory_check else None
+        self.footprint = check_fits(self.bundle, stores.cache_mb) if memory_check else None
         tok = self.bundle.manifest["tokenizer"]
         self.tokenizer = Tokenizer.from_file(str(self.bundle.file(tok["file"])))
         _release_freed_heap()  # parsing 262k pieces leaves ~200 MB freed but still mapped
         self.bos_id, self.add_bos = int(tok["bos_id"]), bool(tok["add_bos"])
         self.stop_ids = set(int(i) for i in tok["stop_ids"])
         self.chat_template = self.bundle.manifest.get("chat_template")
-        self.engine = open_engine(self.bundle, threads)
+        self.engine = open_engine(self.bundle, threads, stores)
         self.hit_context_limit = False  # set when the last generation ran into max_context
 
     @property

@@ -29,6 +29,7 @@ from edgepack import contract
 from edgepack.bundle import Bundle
 from edgepack.errors import EdgepackError
 from edgepack.runtime.engines import Engine, default_threads
+from edgepack.runtime.row_store import StoreOptions
 
 API_ENV = "EDGEPACK_LITERT_API"
 _AT_HWCAP = 16
@@ -55,8 +56,8 @@ def litert_api() -> str:
     return api
 
 
-def litert_engine(b: Bundle, threads: int | None = None) -> Engine:
-    return (CompiledModelEngine if litert_api() == "compiled" else InterpreterEngine)(b, threads)
+def litert_engine(b: Bundle, threads: int | None = None, stores: StoreOptions = StoreOptions()) -> Engine:
+    return (CompiledModelEngine if litert_api() == "compiled" else InterpreterEngine)(b, threads, stores)
 
 
 def _main_section(b: Bundle) -> tuple[Path, bytes]:
@@ -73,7 +74,7 @@ class CompiledModelEngine(Engine):
 
     api = "compiled"
 
-    def __init__(self, b: Bundle, threads: int | None = None):
+    def __init__(self, b: Bundle, threads: int | None = None, stores: StoreOptions = StoreOptions()):
         from ai_edge_litert import options
         from ai_edge_litert.compiled_model import CompiledModel
 
@@ -96,7 +97,7 @@ class CompiledModelEngine(Engine):
                                     for n in model.get_input_tensor_details(sig) if n not in cache}
                               for sig in (self.prefill_sig, self.decode_sig)}
             self.rt.logits = model.create_output_buffer_by_name(self.decode_sig, "logits")
-        super().__init__(b)
+        super().__init__(b, stores)
 
     def reset(self) -> None:
         with _native_stderr_silenced():  # the first write into a buffer can start an environment
@@ -155,7 +156,7 @@ class InterpreterEngine(Engine):
 
     api = "interpreter"
 
-    def __init__(self, b: Bundle, threads: int | None = None):
+    def __init__(self, b: Bundle, threads: int | None = None, stores: StoreOptions = StoreOptions()):
         from ai_edge_litert.interpreter import Interpreter
 
         path, self._model = _main_section(b)
@@ -166,7 +167,7 @@ class InterpreterEngine(Engine):
         g = b.manifest["graph"]
         self.prefill_sig = _Signature(self.interpreter, contract.prefill_signature(g["prefill_lengths"][0]))
         self.decode_sig = _Signature(self.interpreter, contract.DECODE)
-        super().__init__(b)
+        super().__init__(b, stores)
 
     def reset(self) -> None:
         for sig in (self.prefill_sig, self.decode_sig):

@@ -96,6 +96,7 @@ def test_prompt_longer_than_context(capsys, bundle):
     ("--top-p", "1.5", "--top-p"),
     ("--top-k", "-3", "--top-k"),
     ("--max-new-tokens", "0", "--max-new-tokens"),
+    ("--ple-cache-mb", "-1", "--ple-cache-mb"),
 ])
 def test_invalid_sampling_values(capsys, bundle, flag, value, needle):
     assert needle in run_cli(capsys, "run", str(bundle("gemma3", "onnx")), "--prompt", "hi", flag, value)

@@ -72,3 +72,14 @@ def test_unknown_device_is_refused():
     assert device_budget("pi4-2gb") == (2048 - 300) << 20
     with pytest.raises(EdgepackError, match="unknown device"):
         device_budget("pi3")
+
+
+def test_hot_row_cache_is_counted_as_the_store_allocates_it(bundle):
+    from edgepack.runtime.row_store import RowStore
+
+    b = Bundle(bundle("gemma3n_causal", "onnx", "int4"))
+    spec = b.manifest["row_stores"]["per_layer_embeddings"]
+    store = RowStore(b.path, spec, cache_mb=0.5)
+    fp, plain = predict(b, row_cache_mb=0.5), predict(b)
+    assert fp.parts["row_cache"] == store.cache.slab.nbytes > 0
+    assert sum(fp.parts.values()) - sum(plain.parts.values()) == store.cache.slab.nbytes

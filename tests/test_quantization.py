@@ -169,4 +169,47 @@ def test_quantized_ple_rows_match_the_litert_interpreter(bundle, tmp_path):
     store = RowStore(b.path, spec)
     ids = np.array([0, 7, 2, 262_143, 300_000])
     want = np.stack([run(token_ids=np.array([[i]], np.int32))["embeddings"].reshape(-1) for i in ids])
-    np.testing.assert_array_equal(store.gather(ids), want)
+    np.testing.assert_array_equal(store.gather(ids), want)  # prefill: one vectorized read
+
+    # decode: a row at a time into the store's own buffers, with and without a hot-row cache
+    # small enough (3 rows) to evict. Rows asked for: 0 7 2 0 262143 0 7 2 0 (300,000 reads row 0);
+    # LRU over 3 slots: hits at the 4th, 6th and 9th, the rest misses
+    row_bytes = 4 * store.cols
+    for cache_mb in (0.0, 3 * row_bytes / 2**20):
+        one = RowStore(b.path, spec, cache_mb=cache_mb)
+        for k in [0, 1, 2, 0, 3, 4, 1, 2, 4]:
+            np.testing.assert_array_equal(one.gather(ids[k:k + 1])[0], want[k])
+        if cache_mb:
+            assert one.cache.capacity == 3 and len(one.cache.slots) == 3
+            assert (one.cache.hits, one.cache.misses) == (3, 6)
+
+
+@pytest.mark.parametrize("bits", [4, 8, 32])
+def test_decoding_ple_rows_allocates_nothing(bits, tmp_path):
+    """After the first token, gathering a row (with or without the hot-row cache) allocates no
+    numpy data. tracemalloc sees numpy's buffers; rows here are E4B-wide x 8 (71,680 columns), so
+    any per-token buffer (codes: one byte per column, the row: four) would top the bound, which
+    leaves room only for the Python objects of array views."""
+    import tracemalloc
+
+    from edgepack.converters import row_tables
+    from edgepack.converters.quant_plan import TensorPlan
+    from edgepack.runtime.row_store import RowStore
+
+    rows, cols = 64, 71_680
+    table = np.random.default_rng(0).standard_normal((rows, cols)).astype(np.float32)
+    plan = TensorPlan("ple", "per_layer_embeddings", (rows, cols), "F32", bits, 32 if bits < 32 else 0, "rounded")
+    spec = row_tables.write(tmp_path / "ple.bin", [table[:40], table[40:]], (rows, cols), plan, 16.0)
+    ids = np.random.default_rng(1).integers(0, rows, 200)
+    for cache_mb in (0.0, 8 * 4 * cols / 2**20):
+        store = RowStore(tmp_path, spec, cache_mb=cache_mb)
+        want = store.gather(ids)
+        store.gather(ids[:1])
+        tracemalloc.start()
+        for i in range(len(ids)):
+            store.gather(ids[i:i + 1])
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak < cols, (cache_mb, peak)
+        for i in range(len(ids)):
+            np.testing.assert_array_equal(store.gather(ids[i:i + 1])[0], want[i])

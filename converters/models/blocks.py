@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -58,9 +60,12 @@ class OffsetRMSNorm(nn.Module):
 
 
 def rope_inv_freq(head_dim: int, theta: float, factor: float = 1.0) -> torch.Tensor:
-    """Default RoPE inverse frequencies; `factor` is transformers' "linear" scaling."""
-    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-    return inv / factor
+    """Default RoPE inverse frequencies; `factor` is transformers' "linear" scaling. Computed as
+    transformers does (float32 arange, float exponent); from numpy so that a model built on the
+    meta device (export.build_decoder) still gets real values."""
+    exponent = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
+    inv = torch.from_numpy(exponent.astype(np.float32))
+    return (1.0 / (theta ** inv)) / factor
 
 
 def rope_cos_sin(input_pos: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
