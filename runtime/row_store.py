@@ -98,6 +98,7 @@ class RowStore:
         self._codes = np.empty((1, self.cols), np.int8)
         self._nibbles = np.empty((1, width), np.uint8)
         self._scales = np.empty((1, self.cols // self.block), np.float32)
+        self._spread = np.empty((1, self.cols), np.float32)
         cache_bytes = int(cache_mb * 2**20)
         self.cache = HotRows(cache_bytes, self.cols) if cache_bytes >= 4 * self.cols else None
 
@@ -110,8 +111,9 @@ class RowStore:
         ids = np.where((ids >= 0) & (ids < self.rows), ids, 0)
         raw = self.table[ids]
         out = np.empty((len(ids), self.cols), np.float32)
-        self._dequantize(raw, None if self.scales is None else self.scales[ids], out,
-                         np.empty(out.shape, np.int8), np.empty_like(raw))
+        self._dequantize(raw, None if self.scales is None else self.scales[ids], out, np.empty(out.shape, np.int8),
+                         np.empty_like(raw), np.empty((len(ids), self.cols // self.block), np.float32),
+                         np.empty_like(out))
         return out
 
     def _one(self, row: int) -> np.ndarray:
@@ -123,12 +125,13 @@ class RowStore:
                 return hit
             out = self.cache.put(row)
         self._dequantize(self.table[row:row + 1], None if self.scales is None else self.scales[row:row + 1],
-                         out, self._codes, self._nibbles, self._scales)
+                         out, self._codes, self._nibbles, self._scales, self._spread)
         return out
 
     def _dequantize(self, raw: np.ndarray, scales: np.ndarray | None, out: np.ndarray, codes: np.ndarray,
-                    nibbles: np.ndarray, scaled: np.ndarray | None = None) -> None:
-        """raw [T, width] -> out [T, cols], through `codes` / `nibbles` scratch of the same rows."""
+                    nibbles: np.ndarray, scaled: np.ndarray, spread: np.ndarray) -> None:
+        """raw [T, width] -> out [T, cols], through scratch for the same rows: `codes` [T, cols]
+        int8, `nibbles` like raw, `scaled` [T, blocks] and `spread` [T, cols] float32."""
         if self.dtype == "float32":
             np.multiply(raw, self.scale, out=out)
             return
@@ -138,9 +141,13 @@ class RowStore:
             np.right_shift(raw.view(np.int8), 4, out=codes[:, 1::2])
         else:
             codes = raw.view(np.int8)
-        scaled = np.multiply(scales, self.scale, out=scaled)
-        t = len(raw)
-        np.multiply(codes.reshape(t, -1, self.block), scaled[..., None], out=out.reshape(t, -1, self.block))
+        # Cast, spread each block's scale over its columns, multiply like-shaped arrays: a mixed
+        # int8 x float32 or a broadcasting multiply goes through numpy's internal buffers
+        # (an allocation per call); these three steps don't.
+        np.multiply(scales, self.scale, out=scaled)
+        np.copyto(out, codes)
+        np.copyto(spread.reshape(len(raw), -1, self.block), scaled[..., None])
+        np.multiply(out, spread, out=out)
 
 
 def _advise(table: np.memmap, advice: str) -> None:

@@ -139,15 +139,22 @@ def test_litert_lm_runs_quantized_litertlm_like_edgepack(name, quant, bundle, tm
         return
     # LiteRT-LM's CPU executor runs fp16 activations, ours fp32: on a random tiny model whose top-2
     # logits are often within 0.01 of each other the two may part at a near-tie. They must agree
-    # up to that step, and there LiteRT-LM's token must be one our logits rank within 0.5 of the top.
-    theirs = tok.encode(text, add_special_tokens=False).ids
-    assert tok.decode(theirs, skip_special_tokens=False) == text
-    i = next((i for i, (a, b) in enumerate(zip(ids, theirs)) if a != b), None)
-    assert i is not None, f"one generation is a prefix of the other: {text!r} vs {tok.decode(ids)!r}"
-    logits = steps[i].logits
-    assert logits[theirs[i]] >= logits.max() - 0.5, (
-        f"step {i}: LiteRT-LM chose {theirs[i]} (our logit {logits[theirs[i]]:.3f}), we chose {ids[i]} "
-        f"({logits.max():.3f})")
+    # up to that step, and there LiteRT-LM's continuation must start with a token our logits rank
+    # within 0.5 of the top. Compared as text: LiteRT-LM returns text, and re-encoding it may split
+    # it into other tokens than the ones it generated (" famoso" -> " fam" + "oso").
+    spelled = [tok.decode(ids[:i + 1], skip_special_tokens=False) for i in range(len(ids))]
+    part = next((i for i, ours in enumerate(spelled) if not text.startswith(ours)), None)
+    if part is None:
+        return  # our 12 tokens spell the start of LiteRT-LM's text: the same choices
+    done = tok.decode(ids[:part], skip_special_tokens=False)
+    rest = text[len(done):]
+    assert text.startswith(done) and rest, f"LiteRT-LM stopped where we went on: {text!r} vs {tok.decode(ids)!r}"
+    logits = steps[part].logits
+    near = np.flatnonzero(logits >= logits.max() - 0.5)
+    fits = [int(t) for t in near
+            if rest.startswith(tok.decode(ids[:part] + [int(t)], skip_special_tokens=False)[len(done):] or "\0")]
+    assert fits, (f"step {part}: LiteRT-LM went on with {rest!r}; none of our tokens within 0.5 of the top "
+                  f"({len(near)}, ours {ids[part]}) starts that")
 
 
 def test_quantized_ple_rows_match_the_litert_interpreter(bundle, tmp_path):
@@ -187,9 +194,9 @@ def test_quantized_ple_rows_match_the_litert_interpreter(bundle, tmp_path):
 @pytest.mark.parametrize("bits", [4, 8, 32])
 def test_decoding_ple_rows_allocates_nothing(bits, tmp_path):
     """After the first token, gathering a row (with or without the hot-row cache) allocates no
-    numpy data. tracemalloc sees numpy's buffers; rows here are E4B-wide x 8 (71,680 columns), so
-    any per-token buffer (codes: one byte per column, the row: four) would top the bound, which
-    leaves room only for the Python objects of array views."""
+    numpy data. tracemalloc sees numpy's buffers, its internal cast/broadcast buffers (32 KiB)
+    included; rows here are E4B-wide x 8 (71,680 columns, codes alone 70 KiB), and the bound
+    leaves room only for the Python objects of array views and the cache's bookkeeping."""
     import tracemalloc
 
     from edgepack.converters import row_tables
@@ -210,6 +217,6 @@ def test_decoding_ple_rows_allocates_nothing(bits, tmp_path):
             store.gather(ids[i:i + 1])
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        assert peak < cols, (cache_mb, peak)
+        assert peak < 8192, (cache_mb, peak)
         for i in range(len(ids)):
             np.testing.assert_array_equal(store.gather(ids[i:i + 1])[0], want[i])
