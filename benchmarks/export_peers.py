@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # device_tests.targets.MemoryCgroup
 from device_tests.targets import MemoryCgroup  # noqa: E402
+from edgepack.footprint import peak_rss  # noqa: E402
 
 BIN = Path(sys.executable).parent
 CONTEXT, PREFILL = 4096, 128
@@ -128,12 +129,9 @@ def _tree(pid: int) -> list[int]:
 
 def _hwm(pid: int) -> int:
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+        return peak_rss(pid)
+    except OSError:  # exited between listing and reading
+        return 0
 
 
 def run(name: str, cmd: list[str], out: Path, limit: int, timeout: float) -> dict:
