@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from edgepack import bundle
+from edgepack import bundle, contract
 from edgepack.converters import quant_plan, recipes, row_tables, sources
 from edgepack.converters.progress import Stages
 from edgepack.converters.models import gemma3, gemma3n
@@ -125,6 +125,7 @@ def export(source: str | Path, out: str | Path, opts: ExportOptions, log=print) 
                 "prefill_lengths": extra["prefill_lengths"],
                 "inputs": extra["inputs"],
                 "cache_layers": cfg.cache_layers,
+                "cache_lengths": cache_lengths(cfg, opts),
                 "num_kv_heads": cfg.num_key_value_heads,
                 "head_dim": cfg.head_dim,
                 "vocab_size": cfg.vocab_size,
@@ -151,6 +152,12 @@ def export(source: str | Path, out: str | Path, opts: ExportOptions, log=print) 
 PLE_TABLE = "model.embed_tokens_per_layer.weight"
 
 
+def cache_lengths(cfg, opts: ExportOptions) -> list[int]:
+    """Slots per cache layer (contract.cache_lengths): sliding-window layers keep a ring."""
+    chunk = 1 if opts.format == "onnx" else opts.prefill_len
+    return contract.cache_lengths(cfg.layer_types, cfg.cache_layers, cfg.sliding_window, opts.max_context, chunk)
+
+
 def plan_weights(model: torch.nn.Module, src: sources.Source, recipe: recipes.Recipe, fmt: str) -> dict:
     """The plan for every matrix of the graph, plus Gemma 3n's PLE table (kept out of it)."""
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
@@ -175,7 +182,7 @@ def _write_onnx(stage: Path, model, cfg, src, opts: ExportOptions, stages: Stage
     from edgepack.converters import onnx_export
 
     with stages.stage("lowering to ONNX"):
-        onnx_export.export(model, cfg, opts.max_context, stage / "model.onnx")
+        onnx_export.export(model, cfg, opts.max_context, cache_lengths(cfg, opts), stage / "model.onnx")
     files = [{"path": "model.onnx", "role": "graph"}, {"path": "model.onnx.data", "role": "weights"}]
     row_stores = {}
     if src.family == "gemma3n":
@@ -197,7 +204,8 @@ def _write_litertlm(stage: Path, model, cfg, src, opts: ExportOptions, stop_ids:
     weights = {n: p.detach().numpy() for n, p in model.named_parameters()}
     models = {"prefill_decode": work / "model.tflite"}
     with stages.stage(f"lowering to TFLite (prefill_{opts.prefill_len} + decode)"):
-        lx.convert_main(model, cfg, opts.prefill_len, opts.max_context, models["prefill_decode"])
+        lx.convert_main(model, cfg, opts.prefill_len, opts.max_context, cache_lengths(cfg, opts),
+                        models["prefill_decode"])
     tables = {}  # row store name -> checkpoint tensor
     if src.family == "gemma3n":
         tables = {"embeddings": "model.embed_tokens.weight", "per_layer_embeddings": PLE_TABLE}

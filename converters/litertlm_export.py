@@ -22,12 +22,12 @@ from edgepack import contract
 from edgepack.errors import EdgepackError
 
 
-def sample_inputs(cfg, length: int, cache_len: int, embeddings: bool) -> dict:
-    shapes = contract.cache_shapes(cfg.cache_layers, cfg.num_key_value_heads, cache_len, cfg.head_dim)
+def sample_inputs(cfg, length: int, context: int, lengths: list[int], embeddings: bool) -> dict:
+    shapes = contract.cache_shapes(cfg.cache_layers, cfg.num_key_value_heads, lengths, cfg.head_dim)
     # nested under "kv_cache", "k_0" flattens to the signature name "kv_cache_k_0"
     kv = {name.removeprefix("kv_cache_"): torch.zeros(shape) for name, shape in shapes.items()}
     pos = torch.arange(length, dtype=torch.int32)
-    inputs = {"input_pos": pos, "mask": torch.from_numpy(contract.causal_mask(pos.numpy(), cache_len)), "kv_cache": kv}
+    inputs = {"input_pos": pos, "mask": torch.from_numpy(contract.causal_mask(pos.numpy(), context)), "kv_cache": kv}
     if embeddings:
         inputs["embeddings"] = torch.zeros(1, length, cfg.hidden_size)
     else:
@@ -39,7 +39,7 @@ def sample_inputs(cfg, length: int, cache_len: int, embeddings: bool) -> dict:
     return inputs
 
 
-def convert_main(model, cfg, prefill_len: int, cache_len: int, out: Path) -> None:
+def convert_main(model, cfg, prefill_len: int, context: int, lengths: list[int], out: Path) -> None:
     """`prefill_<N>` (caches only: LiteRT-LM samples from `decode`) and `decode` (caches + logits)."""
     import litert_torch
 
@@ -49,9 +49,9 @@ def convert_main(model, cfg, prefill_len: int, cache_len: int, out: Path) -> Non
     edge = (
         litert_torch.signature(
             contract.prefill_signature(prefill_len), prefill,
-            sample_kwargs=sample_inputs(cfg, prefill_len, cache_len, embeddings),
+            sample_kwargs=sample_inputs(cfg, prefill_len, context, lengths, embeddings),
         )
-        .signature(contract.DECODE, model, sample_kwargs=sample_inputs(cfg, 1, cache_len, embeddings))
+        .signature(contract.DECODE, model, sample_kwargs=sample_inputs(cfg, 1, context, lengths, embeddings))
         .convert()
     )
     edge.export(str(out))

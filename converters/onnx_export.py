@@ -44,7 +44,7 @@ def output_names(cache_layers: list[int]) -> list[str]:
     return ["logits"] + [contract.kv_slice_name(n) for n in contract.cache_names(cache_layers)]
 
 
-def export(model, cfg, cache_len: int, out: Path) -> None:
+def export(model, cfg, context: int, lengths: list[int], out: Path) -> None:
     gemma3n = hasattr(cfg, "hidden_size_per_layer_input")
     flat = _FlatSignature(model, cfg.cache_layers, gemma3n).eval()
     t = 3  # any length > 1, so the exporter keeps the sequence dimension symbolic
@@ -54,13 +54,13 @@ def export(model, cfg, cache_len: int, out: Path) -> None:
     if gemma3n:
         args.append(torch.zeros(1, t, cfg.num_hidden_layers, cfg.hidden_size_per_layer_input))
         names.append("per_layer_embeddings")
-    args += [pos, torch.from_numpy(contract.causal_mask(pos.numpy(), cache_len))]
+    args += [pos, torch.from_numpy(contract.causal_mask(pos.numpy(), context))]
     names += ["input_pos", "mask"]
-    shapes = contract.cache_shapes(cfg.cache_layers, cfg.num_key_value_heads, cache_len, cfg.head_dim)
+    shapes = contract.cache_shapes(cfg.cache_layers, cfg.num_key_value_heads, lengths, cfg.head_dim)
     args += [torch.zeros(shape) for shape in shapes.values()]
     names += list(shapes)
 
-    seq = torch.export.Dim("seq", min=1, max=cache_len)
+    seq = torch.export.Dim("seq", min=1, max=context)
     dyn = {"tokens": {1: seq}, "input_pos": {0: seq}, "mask": {2: seq}}
     if gemma3n:
         dyn["per_layer_embeddings"] = {1: seq}

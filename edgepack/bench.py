@@ -66,12 +66,9 @@ def _env_with(path: Path) -> dict:
 
 def decode_bytes(b) -> int:
     """Bytes one decode step reads: every weight of the decode graph (the tied embedding included,
-    as the LM head) and the whole KV cache, which the graphs attend over at every step."""
-    from edgepack import contract
-
-    g = b.manifest["graph"]
-    return b.graph_bytes + contract.cache_bytes(g["cache_layers"], int(g["num_kv_heads"]), b.max_context,
-                                                int(g["head_dim"]))
+    as the LM head) and the whole KV cache (rings included), which the graphs attend over at every
+    step."""
+    return b.graph_bytes + b.cache_bytes
 
 
 def _source_gguf(b, gguf: str | None) -> Path | None:

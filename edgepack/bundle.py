@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from edgepack import contract
 from edgepack.errors import EdgepackError
 
 MANIFEST = "manifest.json"
@@ -133,6 +134,25 @@ class Bundle:
     @property
     def max_context(self) -> int:
         return int(self.manifest["max_context"])
+
+    @property
+    def cache_lengths(self) -> list[int]:
+        """Slots of each cache layer: sliding-window layers may keep a ring shorter than the
+        context (contract.cache_lengths). Bundles written before rings list no lengths: their
+        caches are all as long as the context."""
+        g = self.manifest["graph"]
+        return g.get("cache_lengths") or [self.max_context] * len(g["cache_layers"])
+
+    @property
+    def cache_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every KV cache tensor the graph reads, with its shape."""
+        g = self.manifest["graph"]
+        return contract.cache_shapes(g["cache_layers"], int(g["num_kv_heads"]), self.cache_lengths, int(g["head_dim"]))
+
+    @property
+    def cache_bytes(self) -> int:
+        g = self.manifest["graph"]
+        return contract.cache_bytes(g["cache_layers"], int(g["num_kv_heads"]), self.cache_lengths, int(g["head_dim"]))
 
     @property
     def graph_bytes(self) -> int:

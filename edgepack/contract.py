@@ -48,17 +48,60 @@ def cache_names(cache_layers: list[int]) -> list[str]:
     return [name for i in cache_layers for name in (k_cache_name(i), v_cache_name(i))]
 
 
-def cache_shapes(cache_layers: list[int], num_kv_heads: int, cache_len: int,
+def layer_types(family: str, config: dict) -> list[str]:
+    """Each layer's attention kind from a Hugging Face config; configs older than transformers'
+    `layer_types` key follow the family's pattern (every 5th layer global in Gemma 3n, every
+    `sliding_window_pattern`-th (6) in Gemma 3)."""
+    n = int(config["num_hidden_layers"])
+    every = 5 if family == "gemma3n" else int(config.get("sliding_window_pattern", 6))
+    return list(config.get("layer_types") or
+                ["full_attention" if (i + 1) % every == 0 else "sliding_attention" for i in range(n)])
+
+
+def cache_lengths(layer_types: list[str], cache_layers: list[int], window: int, context: int,
+                  chunk: int) -> list[int]:
+    """Slots each cache layer keeps, in cache_layers order.
+
+    A full-attention layer keeps the whole context. A sliding-window layer only ever attends to
+    the last `window` positions, so it keeps a ring: position p lives in slot p % length. A graph
+    call writes up to `chunk` new K/V before its first query attends, and that query still needs
+    the window - 1 positions before the chunk, so the ring is window + chunk - 1 slots: `chunk` is
+    the prefill length for TFLite (its graphs attend over the updated cache) and 1 for ONNX (its
+    graphs attend to the cache as it was and to a chunk's own K/V apart, blocks.KVCache). When the
+    context is no longer than that, the layer keeps the context as it is.
+    """
+    ring = window + chunk - 1
+    return [ring if layer_types[i] == "sliding_attention" and ring < context else context for i in cache_layers]
+
+
+def cache_shapes(cache_layers: list[int], num_kv_heads: int, lengths: list[int],
                  head_dim: int) -> dict[str, tuple[int, ...]]:
-    """cache_names() with their shapes."""
-    k = k_cache_shape(num_kv_heads, cache_len, head_dim)
-    v = v_cache_shape(num_kv_heads, cache_len, head_dim)
-    return {name: (k if name.startswith("kv_cache_k_") else v) for name in cache_names(cache_layers)}
+    """cache_names() with their shapes; `lengths` as cache_lengths() gives them."""
+    shapes = {}
+    for i, n in zip(cache_layers, lengths, strict=True):
+        shapes[k_cache_name(i)] = k_cache_shape(num_kv_heads, n, head_dim)
+        shapes[v_cache_name(i)] = v_cache_shape(num_kv_heads, n, head_dim)
+    return shapes
 
 
-def cache_bytes(cache_layers: list[int], num_kv_heads: int, cache_len: int, head_dim: int) -> int:
+def cache_bytes(cache_layers: list[int], num_kv_heads: int, lengths: list[int], head_dim: int) -> int:
     """Bytes of every cache tensor (float32)."""
-    return sum(4 * math.prod(s) for s in cache_shapes(cache_layers, num_kv_heads, cache_len, head_dim).values())
+    return sum(4 * math.prod(s) for s in cache_shapes(cache_layers, num_kv_heads, lengths, head_dim).values())
+
+
+def ring_spans(start: int, n: int, length: int) -> list[tuple[int, int, int]]:
+    """Where the K/V of positions start..start+n-1 go in a cache of `length` slots, as
+    (slot, index in the chunk, count) runs. Position p lives in slot p % length; a chunk longer
+    than the cache keeps its last `length` positions. For a cache as long as the context, this is
+    one run at `start`."""
+    skip = max(0, n - length)
+    spans, j = [], skip
+    while j < n:
+        slot = (start + j) % length
+        count = min(n - j, length - slot)
+        spans.append((slot, j, count))
+        j += count
+    return spans
 
 
 def causal_mask(input_pos: np.ndarray, cache_len: int) -> np.ndarray:

@@ -22,7 +22,6 @@ import json
 import math
 from pathlib import Path
 
-from edgepack import contract
 from edgepack.bundle import Bundle
 from edgepack.errors import EdgepackError
 
@@ -32,8 +31,11 @@ RUNTIME_BYTES = 80 * MiB  # python + numpy + tokenizers + onnxruntime or ai-edge
 PARSE_BASE_BYTES = 40 * MiB  # python + numpy + tokenizers: the engine's library loads after parsing
 TOKENIZER_RESIDENT_PER_FILE_BYTE = 7.0  # after parsing, with freed heap handed back (malloc_trim)
 TOKENIZER_PARSE_PER_FILE_BYTE = 24.0  # while tokenizer.json is being parsed
-# Resident bytes per graph byte, (float graph, quantized graph): quantized weights are repacked.
-WEIGHT_COPIES = {"onnx": (1.1, 1.6), "compiled": (2.0, 2.3), "interpreter": (2.0, 2.3)}
+# Resident bytes per graph byte at the peak, (float graph, quantized graph): quantized weights are
+# repacked. onnxruntime's peak is its load, mapped originals and repacked copies together (the
+# engine drops the mapped pages after it, runtime/mapped_pages.py); calibrated on full-size E2B
+# and E4B int4 (docs/full-size.md: 1.38 and 1.37).
+WEIGHT_COPIES = {"onnx": (1.1, 1.4), "compiled": (2.0, 2.3), "interpreter": (2.0, 2.3)}
 KV_COPIES = {"onnx": 1, "compiled": 1, "interpreter": 4}  # the Interpreter: in and out, per signature
 DEVICES_FILE = Path(__file__).with_name("devices.json")
 
@@ -70,11 +72,10 @@ def predict(b: Bundle, engine: str | None = None, row_cache_mb: float = 0.0) -> 
     """Peak memory of a generation that may fill the bundle's whole context (with a hot-row cache
     of `row_cache_mb` for the per-layer embedding store, counted whole: runtime/row_store.py)."""
     m, g = b.manifest, b.manifest["graph"]
-    kv = contract.cache_bytes(g["cache_layers"], int(g["num_kv_heads"]), b.max_context, int(g["head_dim"]))
     fp = estimate(
         engine or engine_kind(b), b.graph_bytes,
         quantized=m.get("precision", {}).get("quantization", "none") != "none",
-        row_stores=m.get("row_stores", {}), kv_bytes=kv,
+        row_stores=m.get("row_stores", {}), kv_bytes=b.cache_bytes,
         config=m["model"]["config"], prefill_lengths=g["prefill_lengths"], vocab_size=int(g["vocab_size"]),
         context=b.max_context, tokenizer_bytes=b.file(m["tokenizer"]["file"]).stat().st_size)
     ple = m.get("row_stores", {}).get("per_layer_embeddings")

@@ -10,6 +10,12 @@ def _mb(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
 
+def _lengths(lengths: list[int]) -> str:
+    """How many layers keep how many slots: "16 x 512 slots, 4 x 4096 slots"."""
+    counts = {n: lengths.count(n) for n in sorted(set(lengths))}
+    return ", ".join(f"{c} x {n} slots" for n, c in counts.items())
+
+
 def component_lines(components: dict) -> list[str]:
     """One line per weight component: precisions, bytes, and how many tensors were transcoded
     exactly from the source grid, re-rounded, or left in float."""
@@ -36,6 +42,8 @@ def summary(b: Bundle, checksums_verified: bool) -> dict:
         "hidden_size": cfg["hidden_size"],
         "vocab_size": g["vocab_size"],
         "cache_layers": len(g["cache_layers"]),
+        "cache_lengths": b.cache_lengths,
+        "cache_bytes": b.cache_bytes,
         "max_context": m["max_context"],
         "prefill_lengths": g["prefill_lengths"] or "dynamic",
         "precision": m["precision"],
@@ -54,7 +62,8 @@ def summary(b: Bundle, checksums_verified: bool) -> dict:
         f"format       {info['format']} (schema {info['schema_version']})",
         f"model        {info['architecture']}: {info['layers']} layers, hidden {info['hidden_size']}, "
         f"vocab {info['vocab_size']:,}",
-        f"KV cache     {info['cache_layers']} cache-owning layers x {info['max_context']} tokens",
+        f"KV cache     {info['cache_layers']} cache-owning layers: {_lengths(info['cache_lengths'])}, "
+        f"{_mb(info['cache_bytes'])} (context {info['max_context']})",
         f"prefill      {info['prefill_lengths']}",
         f"precision    {m['precision']['weights']} (quantization: {m['precision']['quantization']})",
     ]

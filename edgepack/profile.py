@@ -55,7 +55,9 @@ def plan_from_layout(family: str, config: dict, shapes: dict[str, tuple[int, ...
         if fmt == "litertlm":  # the embedder graph's table; the main graph keeps the tied LM head
             stores["embeddings"] = _store_spec(plans[EMBEDDING])
     owners = _cache_layers(family, config)
-    kv = contract.cache_bytes(owners, int(config["num_key_value_heads"]), context, int(config["head_dim"]))
+    lengths = contract.cache_lengths(contract.layer_types(family, config), owners, int(config.get("sliding_window", 512)),
+                                     context, prefill_len if fmt == "litertlm" else 1)
+    kv = contract.cache_bytes(owners, int(config["num_key_value_heads"]), lengths, int(config["head_dim"]))
     fp = estimate(engine, graph, quantized=recipe.name != "none", row_stores=stores,
                   kv_bytes=kv, config=config,
                   prefill_lengths=[prefill_len] if fmt == "litertlm" else [], vocab_size=int(config["vocab_size"]),

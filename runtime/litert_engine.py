@@ -28,7 +28,7 @@ import numpy as np
 from edgepack import contract
 from edgepack.bundle import Bundle
 from edgepack.errors import EdgepackError
-from edgepack.runtime.engines import Engine, default_threads
+from edgepack.runtime.engines import Engine, copy_slots, default_threads
 from edgepack.runtime.row_store import StoreOptions
 
 API_ENV = "EDGEPACK_LITERT_API"
@@ -181,15 +181,10 @@ class InterpreterEngine(Engine):
                 sig.input(name)[...] = self._holder.input(name)
             self._holder = sig
         sig.invoke(self._inputs(ids, positions))
-        # The graph wrote len(ids) slots from input_pos[0], clamped to fit as DUS does.
-        lo = min(max(int(positions[0]), 0), self.cache_len - len(ids))
-        hi = lo + len(ids)
+        # The graph wrote the slots of positions input_pos[0] onwards (rings wrap).
         for name in self.cache_names:
             dst, src = sig.input(name), sig.output(name)
-            if name.startswith("kv_cache_k_"):
-                dst[:, :, lo:hi] = src[:, :, lo:hi]
-            else:
-                dst[..., lo:hi] = src[..., lo:hi]
+            copy_slots(dst, src, name, int(positions[0]), len(ids), src_is_cache=True)
             del dst, src
 
     def _run_prefill(self, ids, positions) -> None:

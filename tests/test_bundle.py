@@ -76,6 +76,36 @@ def test_only_cache_owning_layers_have_cache_tensors(bundle):
     assert {n for n in onnx_inputs if n.startswith("kv_cache")} == expected
 
 
+@pytest.mark.parametrize("fmt", ["litertlm", "onnx"])
+def test_sliding_window_layers_keep_a_ring(fmt, bundle):
+    """Tiny Gemma 3n (window 8, context 64, prefill graph 8; cache layers 0-3, layer 2 global): in
+    the graph's own input shapes, the global layer's cache holds the context, the sliding-window
+    layers' a ring: 8 + 8 - 1 slots in the TFLite graph, which attends after writing an 8-token
+    chunk, and 8 in the ONNX graph, which attends to a chunk's own K/V apart from the cache."""
+    b = Bundle(bundle("gemma3n_multimodal", fmt))
+    window, context = b.manifest["model"]["config"]["sliding_window"], b.max_context
+    assert (window, context, b.manifest["graph"]["prefill_lengths"]) == (8, 64, [8] if fmt == "litertlm" else [])
+    ring = 8 + 8 - 1 if fmt == "litertlm" else 8
+    want = {i: context if i == 2 else ring for i in range(4)}
+    if fmt == "onnx":
+        import onnx
+
+        graph = onnx.load(str(b.file("model.onnx")), load_external_data=False).graph
+        shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
+    else:
+        from ai_edge_litert.interpreter import Interpreter
+
+        main = next(s for s in b.manifest["graph"]["sections"] if s["model_type"] == "tf_lite_prefill_decode")
+        with open(b.file("model.litertlm"), "rb") as f:
+            f.seek(main["offset"])
+            runner = Interpreter(model_content=f.read(main["size"])).get_signature_runner("decode")
+        shapes = {n: list(d["shape"]) for n, d in runner.get_input_details().items()}
+    for i, slots in want.items():
+        assert shapes[contract.k_cache_name(i)] == [1, 2, slots, 16]  # [1, KV heads, slots, head dim]
+        assert shapes[contract.v_cache_name(i)] == [1, 2, 16, slots]
+    assert b.cache_bytes == 4 * sum(2 * 2 * 16 * n for n in want.values())
+
+
 def test_failed_export_leaves_nothing(tmp_path, checkpoint, monkeypatch):
     from edgepack.converters import export as export_mod
     from edgepack.converters import onnx_export

@@ -4,7 +4,8 @@ Both formats (the .litertlm through both of LiteRT's APIs: CompiledModel, and th
 cores without LSE atomics use), three tiny checkpoints (Gemma 3n multimodal layout with KV sharing, activation
 sparsity, AltUp, LAuReL; Gemma 3n causal in another shape; Gemma 3). The sliding window (8 and 6
 tokens) is far shorter than prompt + 32 generated tokens, and one prompt is longer than the
-8-token prefill graph, so chunked prefill and window masking are both exercised.
+8-token prefill graph, so chunked prefill, window masking and the sliding-window layers' ring
+caches (wrapping twice) are all exercised.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def test_greedy_and_logits_match_transformers(name, fmt, api, bundle, reference,
     window = gen.bundle.manifest["model"]["config"]["sliding_window"]
     assert any(len(gen.encode(p)) > 8 for p in PROMPTS)  # one prompt needs chunked prefill
     assert len(gen.encode(PROMPTS[2])) + NEW_TOKENS > 3 * window  # generation runs past the window
+    assert len(gen.encode(PROMPTS[2])) + NEW_TOKENS > 2 * min(gen.bundle.cache_lengths)  # ... and round the rings
     for prompt in PROMPTS:
         ids = gen.encode(prompt)
         steps = []

@@ -35,8 +35,12 @@ def test_gemma3n_prediction_matches_hand_computed(preset, layers, ffn, shared):
     assert comps["embedding"]["bytes"] == vocab * hidden + vocab * 4
     # PLE table, int4 one scale per row: never in the graph
     assert comps["per_layer_table"]["bytes"] == 262_144 * (layers * 256 // 2 + 4)
-    # KV cache: 20 layers x (K + V) x 2 heads x 4096 x 256 float32
-    assert fp.parts["kv_cache"] == owners * 2 * 2 * CONTEXT * 256 * 4
+    # KV cache, K + V x 2 heads x 256 float32 per slot: the 4 global layers among the 20 owners
+    # keep the 4096-token context, the 16 sliding-window ones a ring of window 512 + prefill 128 - 1
+    slots = 4 * CONTEXT + 16 * (512 + 128 - 1)
+    assert fp.parts["kv_cache"] == slots * 2 * 2 * 256 * 4
+    onnx_fp, _ = plan_from_preset(preset, "int4", "onnx", CONTEXT, 128, "onnx")
+    assert onnx_fp.parts["kv_cache"] == (4 * CONTEXT + 16 * 512) * 2 * 2 * 256 * 4  # ONNX rings: the window
     # row stores: every token of the context touches one row of each table, and the page after
     # it (rows don't start on page boundaries): E2B's PLE row is 3,844 bytes (2 pages), E4B's 4,484 (3)
     ple_pages = -(-(layers * 256 // 2 + 4) // 4096) + 1

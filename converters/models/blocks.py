@@ -3,13 +3,15 @@
 Every graph edgepack exports follows one contract, the one LiteRT-LM's engine drives:
 
 - inputs  `input_pos` [T] int32, `mask` [1, 1, T, C] float32 (additive: 0 or MASK_VALUE, the
-  global causal mask), `kv_cache_k_i` [1, KVH, C, D], `kv_cache_v_i` [1, KVH, D, C];
+  global causal mask), `kv_cache_k_i` [1, KVH, L, D], `kv_cache_v_i` [1, KVH, D, L], where L is
+  the context C, or for a sliding-window layer a shorter ring (contract.cache_lengths; such
+  layers build their own mask from input_pos);
 - outputs the updated caches under the same names (TFLite) or just the chunk's K/V as
   `kv_slice_k_i` / `kv_slice_v_i` (ONNX, see KVCache), and `logits` from `decode`.
 
 K keeps the sequence on axis 2 and V on axis 3 (litert-torch export_hf's default layout, which
 the engine's executor metadata describes as `sequence_axis`). The new entries are written at
-`input_pos[0]` onwards: a chunk is always contiguous.
+`input_pos[0]` onwards (modulo a ring's length): a chunk is always contiguous.
 """
 
 from __future__ import annotations
@@ -91,6 +93,21 @@ def sliding_mask(mask: torch.Tensor, input_pos: torch.Tensor, window: int) -> to
     return mask + torch.where(too_old, MASK_VALUE, 0.0)[None, None]
 
 
+def ring_mask(input_pos: torch.Tensor, ring: int, window: int, written_to: torch.Tensor) -> torch.Tensor:
+    """[1, 1, T, ring] additive mask over a ring cache that holds positions up to `written_to` - 1.
+
+    Slot s holds the latest position p < written_to with p % ring == s; query q sees it when
+    0 <= p <= q and q - p < window. Slots the current call padded past the prompt hold later
+    positions that this reads as older ones (p - ring), out of every window, until decode
+    overwrites them.
+    """
+    last = written_to - 1
+    held = last - torch.remainder(last - torch.arange(ring, dtype=torch.int32)[None, :], ring)
+    q = input_pos[:, None]
+    visible = (held >= 0) & (held <= q) & (q - held < window)
+    return torch.where(visible, 0.0, MASK_VALUE)[None, None]
+
+
 @dataclasses.dataclass
 class LayerKV:
     """What one attention layer reads: the cache, plus (ONNX) the chunk's own K/V kept apart."""
@@ -105,6 +122,12 @@ class LayerKV:
 class LayerMask:
     cache: torch.Tensor  # [1, 1, T, C] additive, over the cache slots
     chunk: torch.Tensor | None = None  # [1, 1, T, T] additive, over the chunk's own keys (ONNX)
+    ring: int | None = None  # slots of a ring cache (contract.cache_lengths), None for a linear one
+
+
+def cache_lengths(cfg, kv_cache: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Each layer kind's cache length, read off the cache inputs (`k_<layer>` [1, KVH, L, D])."""
+    return {cfg.layer_types[i]: kv_cache[f"k_{i}"].shape[2] for i in cfg.cache_layers}
 
 
 class KVCache:
@@ -117,6 +140,11 @@ class KVCache:
     tensor each token. Instead the graph reads the cache as it is (slots from input_pos[0] on are
     stale and masked), attends to the chunk's own K/V separately in one softmax, and outputs just
     the chunk's K/V (`kv_slice_*`); the runtime writes them into its cache arrays in place.
+
+    Sliding-window layers may keep a ring (position p in slot p % ring, contract.cache_lengths);
+    the graph learns it from the cache inputs' shapes. TFLite writes a decode token with one
+    dynamic_update_slice at input_pos[0] % ring and a prefill chunk, which may wrap, with a gather
+    and a select over the ring; ONNX graphs only read the ring, and the runtime writes it.
     """
 
     def __init__(self, backend: str):
@@ -124,26 +152,41 @@ class KVCache:
             raise ValueError(f"unknown cache backend {backend!r}")
         self.backend = backend
 
-    def masks(self, mask, input_pos, sliding_window: int) -> dict[str, LayerMask]:
-        local = sliding_mask(mask, input_pos, sliding_window)
+    def masks(self, mask, input_pos, sliding_window: int, lengths: dict[str, int]) -> dict[str, LayerMask]:
+        """`lengths`: the cache length of each layer kind (the cache inputs' sequence axis)."""
+        context, t = mask.shape[-1], input_pos.shape[0]
+        ring = lengths.get("sliding_attention", context)
+        ring = ring if ring < context else None
+        if ring is None:
+            local = sliding_mask(mask, input_pos, sliding_window)
+        else:  # TFLite attends over the ring after writing the chunk, ONNX before
+            written_to = input_pos[0] + (t if self.backend == "tflite" else 0)
+            local = ring_mask(input_pos, ring, sliding_window, written_to)
         if self.backend == "tflite":
-            return {"full_attention": LayerMask(mask), "sliding_attention": LayerMask(local)}
-        k_pos = torch.arange(mask.shape[-1], dtype=torch.int32)[None, :]
+            return {"full_attention": LayerMask(mask), "sliding_attention": LayerMask(local, ring=ring)}
+        k_pos = torch.arange(context, dtype=torch.int32)[None, :]
         stale = torch.where(k_pos >= input_pos[0], MASK_VALUE, 0.0)[None, None]
         ago = input_pos[:, None] - input_pos[None, :]  # query pos - key pos, within the chunk
         chunk = torch.where(ago >= 0, 0.0, MASK_VALUE)[None, None]
         chunk_local = torch.where((ago >= 0) & (ago < sliding_window), 0.0, MASK_VALUE)[None, None]
         return {"full_attention": LayerMask(mask + stale, chunk),
-                "sliding_attention": LayerMask(local + stale, chunk_local)}
+                "sliding_attention": LayerMask(local if ring else local + stale, chunk_local, ring)}
 
-    def write(self, k_cache, v_cache, k_new, v_new, input_pos) -> LayerKV:
+    def write(self, k_cache, v_cache, k_new, v_new, input_pos, ring: int | None = None) -> LayerKV:
         # k_new [1, KVH, T, D] -> K cache [1, KVH, C, D]; v_new [1, KVH, D, T] -> V cache [1, KVH, D, C]
         if self.backend == "onnx":
             return LayerKV(k_cache, v_cache, k_new, v_new)
         from litert_torch.generative.custom_ops.dynamic_update_slice import dynamic_update_slice
 
+        t = k_new.shape[2]
+        if ring is not None and t > 1:  # a chunk may wrap: slot s takes chunk entry (s - start) % ring
+            ahead = torch.remainder(torch.arange(ring, dtype=torch.int32) - input_pos[0], ring)
+            fresh = ahead < t
+            pick = torch.clamp(ahead, max=t - 1)
+            return LayerKV(torch.where(fresh[None, None, :, None], k_new.index_select(2, pick), k_cache),
+                           torch.where(fresh[None, None, None, :], v_new.index_select(3, pick), v_cache))
         zero = torch.zeros((), dtype=torch.int32)
-        start = input_pos[0]
+        start = input_pos[0] if ring is None else torch.remainder(input_pos[0], ring)
         return LayerKV(dynamic_update_slice(k_cache, k_new, [zero, zero, start, zero]),
                        dynamic_update_slice(v_cache, v_new, [zero, zero, zero, start]))
 

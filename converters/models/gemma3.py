@@ -13,6 +13,7 @@ import math
 import torch
 from torch import nn
 
+from edgepack import contract
 from edgepack.converters.models import blocks
 
 
@@ -45,10 +46,6 @@ class Gemma3Config:
     @classmethod
     def from_hf(cls, cfg: dict) -> "Gemma3Config":
         n = cfg["num_hidden_layers"]
-        layer_types = cfg.get("layer_types") or [
-            "full_attention" if (i + 1) % cfg.get("sliding_window_pattern", 6) == 0 else "sliding_attention"
-            for i in range(n)
-        ]
         theta, factor = rope_settings(cfg, default_global=1_000_000.0, default_local=10_000.0)
         eos = cfg.get("eos_token_id", 1)
         return cls(
@@ -59,7 +56,7 @@ class Gemma3Config:
             num_attention_heads=cfg["num_attention_heads"],
             num_key_value_heads=cfg["num_key_value_heads"],
             head_dim=cfg.get("head_dim", 256),
-            layer_types=layer_types,
+            layer_types=contract.layer_types("gemma3", cfg),
             sliding_window=cfg.get("sliding_window", 512),
             query_pre_attn_scalar=cfg.get("query_pre_attn_scalar", 256),
             rope_theta=theta,
@@ -111,7 +108,7 @@ class Gemma3Attention(nn.Module):
         q = blocks.apply_rope(self.q_norm(self.q_proj(x).reshape(1, t, h, d)), cos, sin)
         k = blocks.apply_rope(self.k_norm(self.k_proj(x).reshape(1, t, kvh, d)), cos, sin)
         v = self.v_proj(x).reshape(1, t, kvh, d)
-        kv = cache.write(kv.k, kv.v, k.transpose(1, 2), v.permute(0, 2, 3, 1), input_pos)
+        kv = cache.write(kv.k, kv.v, k.transpose(1, 2), v.permute(0, 2, 3, 1), input_pos, mask.ring)
         return self.o_proj(blocks.attend(q, kv, mask, self.scaling)), kv
 
 
@@ -170,7 +167,7 @@ class Gemma3ForCausalLM(nn.Module):
         # transformers casts the scale to the weight dtype; exports run in fp32.
         x = self.model.embed_tokens(tokens) * math.sqrt(cfg.hidden_size)
         rope = {k: blocks.rope_cos_sin(input_pos, getattr(self, f"{k}_inv_freq")) for k in cfg.rope_theta}
-        masks = self.cache.masks(mask, input_pos, cfg.sliding_window)
+        masks = self.cache.masks(mask, input_pos, cfg.sliding_window, blocks.cache_lengths(cfg, kv_cache))
         out = {}
         for i, layer in enumerate(self.model.layers):
             kind = cfg.layer_types[i]

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgepack import contract
 from edgepack.converters.models import blocks
 from edgepack.converters.models.gemma3 import rope_settings
 
@@ -89,8 +90,7 @@ class Gemma3nConfig:
             num_attention_heads=cfg["num_attention_heads"],
             num_key_value_heads=cfg["num_key_value_heads"],
             head_dim=cfg.get("head_dim", 256),
-            layer_types=cfg.get("layer_types")
-            or ["full_attention" if (i + 1) % 5 == 0 else "sliding_attention" for i in range(n)],
+            layer_types=contract.layer_types("gemma3n", cfg),
             sliding_window=cfg.get("sliding_window", 512),
             num_kv_shared_layers=cfg.get("num_kv_shared_layers", 0),
             activation_sparsity_pattern=list(sparsity),
@@ -190,7 +190,7 @@ class Gemma3nAttention(nn.Module):
         if self.owns_cache:
             k = blocks.apply_rope(self.k_norm(self.k_proj(x).reshape(1, t, kvh, d)), cos, sin)
             v = self.v_norm(self.v_proj(x).reshape(1, t, kvh, d))
-            kv = cache.write(kv.k, kv.v, k.transpose(1, 2), v.permute(0, 2, 3, 1), input_pos)
+            kv = cache.write(kv.k, kv.v, k.transpose(1, 2), v.permute(0, 2, 3, 1), input_pos, mask.ring)
         return self.o_proj(blocks.attend(q, kv, mask, scaling=1.0)), kv
 
 
@@ -287,7 +287,7 @@ class Gemma3nForCausalLM(nn.Module):
         streams = torch.stack([x] + [_match_magnitude(p(x), target) for p in m.altup_projections])
 
         rope = {k: blocks.rope_cos_sin(input_pos, getattr(self, f"{k}_inv_freq")) for k in cfg.rope_theta}
-        masks = self.cache.masks(mask, input_pos, cfg.sliding_window)
+        masks = self.cache.masks(mask, input_pos, cfg.sliding_window, blocks.cache_lengths(cfg, kv_cache))
         caches = {i: blocks.LayerKV(kv_cache[f"k_{i}"], kv_cache[f"v_{i}"]) for i in cfg.cache_layers}
         for i, layer in enumerate(m.layers):
             kind = cfg.layer_types[i]
