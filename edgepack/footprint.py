@@ -22,6 +22,7 @@ import json
 import math
 from pathlib import Path
 
+from edgepack import contract
 from edgepack.bundle import Bundle
 from edgepack.errors import EdgepackError
 
@@ -31,11 +32,11 @@ RUNTIME_BYTES = 80 * MiB  # python + numpy + tokenizers + onnxruntime or ai-edge
 PARSE_BASE_BYTES = 40 * MiB  # python + numpy + tokenizers: the engine's library loads after parsing
 TOKENIZER_RESIDENT_PER_FILE_BYTE = 7.0  # after parsing, with freed heap handed back (malloc_trim)
 TOKENIZER_PARSE_PER_FILE_BYTE = 24.0  # while tokenizer.json is being parsed
-# Resident bytes per graph byte at the peak, (float graph, quantized graph): quantized weights are
-# repacked. onnxruntime's peak is its load, mapped originals and repacked copies together (the
-# engine drops the mapped pages after it, runtime/mapped_pages.py); calibrated on full-size E2B
-# and E4B int4 (docs/full-size.md: 1.38 and 1.37).
-WEIGHT_COPIES = {"onnx": (1.1, 1.4), "compiled": (2.0, 2.3), "interpreter": (2.0, 2.3)}
+# Resident bytes per graph byte, (float graph, quantized graph): quantized weights are repacked.
+# onnxruntime holds its repacked copies; the engine keeps the mapped originals out of the
+# resident set (runtime/mapped_pages.py). Calibrated on full-size E2B and E4B int4 (1.16, 1.16:
+# docs/full-size.md).
+WEIGHT_COPIES = {"onnx": (1.1, 1.16), "compiled": (2.0, 2.3), "interpreter": (2.0, 2.3)}
 KV_COPIES = {"onnx": 1, "compiled": 1, "interpreter": 4}  # the Interpreter: in and out, per signature
 DEVICES_FILE = Path(__file__).with_name("devices.json")
 
@@ -119,7 +120,7 @@ def activation_bytes(cfg: dict, prefill_lengths: list[int], vocab_size: int, con
     """The largest prefill chunk's transient tensors: attention scores and probabilities against
     the whole cache, the MLP's widest intermediate, hidden states (AltUp's streams) and the
     logits, all float32."""
-    chunk = prefill_lengths[0] if prefill_lengths else min(context, 512)
+    chunk = prefill_lengths[0] if prefill_lengths else min(context, contract.DYNAMIC_PREFILL_CHUNK)
     ffn = cfg.get("intermediate_size", 0)
     ffn = max(ffn) if isinstance(ffn, list) else int(ffn)
     heads, hidden = int(cfg["num_attention_heads"]), int(cfg["hidden_size"])

@@ -24,12 +24,12 @@ def plan_chunks(n: int, length: int | None, cache_len: int) -> list[tuple[int, i
     Fixed-length graphs (TFLite): when n isn't a multiple, the last chunk is moved back to end at
     n, recomputing a few positions (same tokens, same positions, same K/V) instead of padding past
     the end; only a prompt shorter than one chunk is padded. Dynamic graphs (ONNX): `length` is
-    None and chunks are as long as the cache allows.
+    None and chunks are contract.DYNAMIC_PREFILL_CHUNK tokens (or the cache, when shorter).
     """
     if n == 0:
         return []
     if length is None:
-        step = min(cache_len, 512)
+        step = min(cache_len, contract.DYNAMIC_PREFILL_CHUNK)
         return [(s, min(step, n - s)) for s in range(0, n, step)]
     if n <= length:
         return [(0, n)]
@@ -123,17 +123,19 @@ class OnnxEngine(Engine):
         opts.intra_op_num_threads = threads or default_threads()
         opts.log_severity_level = 3
         # Without onnxruntime's arena, a prefill chunk's activations go back to the system after
-        # the call instead of staying reserved for the whole run (E2B, 512-token chunk: 540 MiB
-        # less while decoding; prefill and decode speed the same, benchmarks in docs/full-size.md).
+        # the call instead of staying reserved for the whole run (E2B, a 512-token chunk: 540 MiB
+        # less while decoding; prefill and decode speed the same, docs/full-size.md).
         opts.enable_cpu_mem_arena = False
         graph = b.file(b.manifest["graph"]["file"])
+        weights = graph.with_name(graph.name + ".data")
+        # onnxruntime repacks each MatMulNBits weight into its own heap copy; the mapped pages it
+        # reads them from would stay resident though nothing reads them again (mapped_pages.py).
         try:
-            self.session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
+            with mapped_pages.paged_out_while(weights):
+                self.session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
             raise EdgepackError(f"onnxruntime cannot load {b.path}: {e}") from None
-        # onnxruntime repacked each MatMulNBits weight into its own heap copy; the mapped pages it
-        # read them from stay resident though nothing reads them again (mapped_pages.py).
-        mapped_pages.drop(graph.with_name(graph.name + ".data"))
+        mapped_pages.drop(weights)
         super().__init__(b, stores)
         self.outputs = ["logits"] + [contract.kv_slice_name(n) for n in self.cache_names]
 

@@ -40,3 +40,27 @@ def test_weights_read_for_repacking_leave_the_resident_set(bundle):
     # What the graph reads in place comes back: the embedding rows gathered, the float vectors.
     _, resident = mapped_and_resident(data)
     assert 0 < resident < 0.25 * data.stat().st_size
+
+
+def test_paged_out_mapping_leaves_the_resident_set(tmp_path):
+    """The mechanism the engine uses while onnxruntime loads, on a mapping of our own: pages read
+    into base pages, mapped and touched are resident; after MADV_PAGEOUT the kernel has reclaimed
+    them, and reading them again gives the file's bytes."""
+    import mmap
+
+    from edgepack.runtime import mapped_pages
+
+    path = tmp_path / "weights.bin"
+    payload = np.random.default_rng(0).integers(0, 256, 8 << 20, dtype=np.uint8)
+    path.write_bytes(payload.tobytes())
+    mapped_pages.read_in_base_pages(path)
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+    view = np.frombuffer(mm, np.uint8)
+    assert int(view[::4096].sum()) >= 0  # touch every page
+    assert mapped_and_resident(path)[1] == 8 << 20
+    mapped_pages.page_out(path)
+    assert mapped_and_resident(path)[1] < (8 << 20) // 10
+    assert np.array_equal(view, payload)
+    del view
+    mm.close()
