@@ -7,7 +7,7 @@ gather's table and the LM head's (prepacked) weight, is read whole. Full-size E2
 such pages after the load, and a 3.0 GB peak during it, when originals and copies coexist.
 
 Two measures, both telling the kernel what the process no longer needs:
-- While a session loads, `paged_out_while(path)` runs a thread that asks the kernel every 50 ms
+- While a session loads, `paged_out_while(path)` runs a thread that asks the kernel every 10 ms
   to reclaim the pages of every mapping of `path` (MADV_PAGEOUT, Linux 5.4+). Reclaiming never
   loses data: a clean file page is re-read from the file if touched again, and if onnxruntime has
   meanwhile unmapped a range and reused it for heap memory, anonymous pages are at most swapped
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Iterator
 
 MADV_DONTNEED, MADV_PAGEOUT = 4, 21  # <asm-generic/mman-common.h>, the same on x86-64 and arm64
-INTERVAL_S = 0.05
+INTERVAL_S = 0.01
 READ_BLOCK = 1 << 20
 _VMA = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$")
 
