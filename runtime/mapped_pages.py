@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import re
 import threading
@@ -111,9 +112,17 @@ def paged_out_while(path: Path) -> Iterator[None]:
 
 
 def _madvise(start: int, length: int, advice: int) -> int:
+    madvise = _libc_madvise()
+    return -1 if madvise is None else madvise(start, length, advice)
+
+
+@functools.cache
+def _libc_madvise():
+    """libc's madvise, looked up once (the page-out thread calls it for every mapping, every
+    tick); None where there is none."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        return libc.madvise(start, length, advice)
+        fn = ctypes.CDLL(None, use_errno=True).madvise
     except (OSError, AttributeError):
-        return -1
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return fn
