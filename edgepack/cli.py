@@ -224,7 +224,7 @@ def parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     f.add_argument("target", nargs="?", help="bundle folder, checkpoint folder, .gguf, or gemma-3-270m")
     f.add_argument("--preset", choices=["gemma-3n-E2B", "gemma-3n-E4B", "gemma-3-270m"],
-                   help="a model's real layout, no weights needed")
+                   help="a model's real layout, no weights needed (built by transformers: needs edgepack[convert])")
     f.add_argument("--quant", default="none", metavar="none|int8|int4|RECIPE.json",
                    help="recipe for a checkpoint or preset (default: none)")
     f.add_argument("--format", choices=["litertlm", "onnx"], default="litertlm",

@@ -97,7 +97,12 @@ def _store_spec(plan) -> dict:
 
 
 def plan_from_preset(name: str, recipe: str, fmt: str, context: int, prefill_len: int, engine: str):
-    from edgepack.converters import synth
+    try:  # a preset's layout is transformers' own model built on the meta device
+        from edgepack.converters import synth
+    except ImportError as e:
+        raise EdgepackError(f"--preset reads the model's layout from transformers, and {e.name or 'torch'} is not "
+                            "installed here (as on a device): pip install 'edgepack[convert]', or profile a "
+                            "bundle or a checkpoint folder, which need neither") from None
 
     config, shapes = synth.layout(name, towers=False)
     family = synth.PRESETS[name][0]

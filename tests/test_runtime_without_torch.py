@@ -40,3 +40,19 @@ def test_runtime_runs_without_torch(name, fmt, bundle):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == expected
+
+
+def test_profile_without_torch(bundle):
+    """On a device: `profile BUNDLE` predicts without the export side; `--preset`, which needs
+    transformers, says what to install instead of a traceback."""
+    folder = bundle("gemma3n_multimodal", "onnx")
+    script = BLOCKER + textwrap.dedent(f"""
+        from edgepack.cli import main
+        code = main(["profile", {str(folder)!r}, "--no-run", "--json"])
+        assert code == 0 and "torch" not in sys.modules, code
+        sys.exit(main(["profile", "--preset", "gemma-3n-E2B"]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert json.loads(proc.stdout)["predicted"]["peak"] > 0
+    assert "pip install 'edgepack[convert]'" in proc.stderr and "Traceback" not in proc.stderr
