@@ -47,16 +47,17 @@ def build_decoder(src: sources.Source, backend: str):
 
 
 def load_weights(model: torch.nn.Module, src: sources.Source, quantized: dict | None = None,
-                 progress=sys.stderr) -> None:
+                 progress=sys.stderr, only: set[str] | None = None) -> None:
     """Every parameter by its own name (the graph mirrors the checkpoint's naming), one tensor at a
-    time. Tensors in `quantized` (ONNX plans) are read in row blocks, rounded and swapped for their
-    quantized module as they come, so the float model never exists whole: exporting full-size
-    E2B/E4B holds the quantized weights and one float tensor at most."""
+    time, or just those in `only`. Tensors in `quantized` (ONNX plans) are read in row blocks,
+    rounded and swapped for their quantized module as they come, so the float model never exists
+    whole: exporting full-size E2B/E4B holds the quantized weights and one float tensor at most."""
     from edgepack.converters import onnx_quant
 
     quantized = quantized or {}
-    params = dict(model.named_parameters())
-    bar = tqdm(params.items(), desc="reading weights", unit="tensor", leave=False, file=progress, disable=None)
+    params = {n: p for n, p in model.named_parameters() if only is None or n in only}
+    bar = tqdm(params.items(), desc="reading weights", unit="tensor", leave=False, file=progress,
+               disable=None if progress else True)
     for name, p in bar:
         shape = tuple(src.shapes[name]) if name in src.shapes else tuple(src.read(name).shape)
         if shape != tuple(p.shape):
@@ -67,6 +68,15 @@ def load_weights(model: torch.nn.Module, src: sources.Source, quantized: dict | 
         owner, _, attr = name.rpartition(".")
         model.get_submodule(owner)._parameters[attr] = torch.nn.Parameter(
             torch.from_numpy(src.read(name)), requires_grad=False)
+
+
+def unload_weights(model: torch.nn.Module, names: list[str]) -> None:
+    """Back to the meta device: a piece converted (litertlm_pieces) no longer needs its weights."""
+    for name in names:
+        owner, _, attr = name.rpartition(".")
+        p = model.get_submodule(owner)._parameters[attr]
+        model.get_submodule(owner)._parameters[attr] = torch.nn.Parameter(
+            torch.empty(p.shape, device="meta"), requires_grad=False)
 
 
 def export(source: str | Path, out: str | Path, opts: ExportOptions, log=print) -> Path:
@@ -91,9 +101,12 @@ def export(source: str | Path, out: str | Path, opts: ExportOptions, log=print) 
     # ONNX takes the quantized modules as they are read; TFLite converts the float graph and
     # quantizes the flatbuffer after (tflite_quant).
     in_graph = {n: p for n, p in plans.items() if p.bits != 32} if opts.format == "onnx" else {}
-    with stages.stage(f"reading weights ({len(in_graph)} tensors quantized as they are read)" if in_graph
-                      else "reading weights"):
-        load_weights(model, src, in_graph, progress=stages.console)
+    if opts.format == "litertlm" and src.family == "gemma3n":
+        pass  # converted a piece at a time, each piece's weights read just before (litertlm_pieces)
+    else:
+        with stages.stage(f"reading weights ({len(in_graph)} tensors quantized as they are read)" if in_graph
+                          else "reading weights"):
+            load_weights(model, src, in_graph, progress=stages.console)
     out = Path(out)
     with bundle.staging(out, force=opts.force) as stage:
         (stage / "tokenizer.json").write_text(src.tokenizer_json)
@@ -174,10 +187,6 @@ def _quant_summary(plans: dict) -> str:
     return "\n".join(["quantization:", *component_lines(quant_plan.summary(list(plans.values())))])
 
 
-def _per_layer_table(src: sources.Source) -> np.ndarray:
-    return np.ascontiguousarray(src.read(PLE_TABLE))
-
-
 def _write_onnx(stage: Path, model, cfg, src, opts: ExportOptions, stages: Stages, plans: dict) -> dict:
     from edgepack.converters import onnx_export
 
@@ -201,26 +210,31 @@ def _write_litertlm(stage: Path, model, cfg, src, opts: ExportOptions, stop_ids:
 
     work = stage / "work"
     work.mkdir()
-    weights = {n: p.detach().numpy() for n, p in model.named_parameters()}
-    models = {"prefill_decode": work / "model.tflite"}
-    with stages.stage(f"lowering to TFLite (prefill_{opts.prefill_len} + decode)"):
-        lx.convert_main(model, cfg, opts.prefill_len, opts.max_context, cache_lengths(cfg, opts),
-                        models["prefill_decode"])
+    lengths = cache_lengths(cfg, opts)
+    lowering = f"lowering to TFLite (prefill_{opts.prefill_len} + decode)"
     tables = {}  # row store name -> checkpoint tensor
-    if src.family == "gemma3n":
+    if src.family == "gemma3n":  # streamed: a piece, then each table, at a time
+        from edgepack.converters import litertlm_pieces
+
         tables = {"embeddings": "model.embed_tokens.weight", "per_layer_embeddings": PLE_TABLE}
-        weights[PLE_TABLE] = _per_layer_table(src)
+        with stages.stage(lowering + ", a piece at a time, quantized as they come"):
+            models = {"prefill_decode": litertlm_pieces.export_main(
+                model, cfg, src, plans, opts.prefill_len, opts.max_context, lengths, work, stages.console)}
         with stages.stage("lowering the embedder and per-layer embedder"):
-            lx.convert_single(gemma3n.Embedder(torch.from_numpy(weights[tables["embeddings"]]),
-                                               float(np.sqrt(cfg.hidden_size))), "embedder", work / "embedder.tflite")
-            lx.convert_single(gemma3n.PerLayerEmbedder(torch.from_numpy(weights[PLE_TABLE]), cfg),
-                              "per_layer_embedder", work / "per_layer_embedder.tflite")
-        models["embedder"] = work / "embedder.tflite"
-        models["per_layer_embedder"] = work / "per_layer_embedder.tflite"
-    if any(p.bits != 32 for p in plans.values()):
-        with stages.stage("quantizing with ai-edge-quantizer"):
-            for path in models.values():
-                tflite_quant.quantize_file(path, plans, weights)
+            scale = float(np.sqrt(cfg.hidden_size))
+            for kind, module_for in (("embedder", lambda t: gemma3n.Embedder(t, scale)),
+                                     ("per_layer_embedder", lambda t: gemma3n.PerLayerEmbedder(t, cfg))):
+                name = tables["embeddings" if kind == "embedder" else "per_layer_embeddings"]
+                models[kind] = work / f"{kind}.tflite"
+                litertlm_pieces.export_table_model(module_for, name, src, plans[name], kind, models[kind])
+    else:
+        models = {"prefill_decode": work / "model.tflite"}
+        with stages.stage(lowering):
+            lx.convert_main(model, cfg, opts.prefill_len, opts.max_context, lengths, models["prefill_decode"])
+        if any(p.bits != 32 for p in plans.values()):
+            with stages.stage("quantizing with ai-edge-quantizer"):
+                weights = {n: p.detach().numpy() for n, p in model.named_parameters()}
+                tflite_quant.quantize_file(models["prefill_decode"], plans, weights)
     metadata = lx.llm_metadata(src.family, src.bos_id, stop_ids, opts.max_context, src.chat_template)
     with stages.stage("packaging model.litertlm"):
         lx.package(stage / "model.litertlm", work, src.family, stage / "tokenizer.json", metadata, models)

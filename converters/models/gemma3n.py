@@ -281,13 +281,8 @@ class Gemma3nForCausalLM(nn.Module):
                 embeddings=None, tokens=None):
         cfg, m = self.config, self.model
         x = self.embed(tokens) if tokens is not None else embeddings
-        ple = self.per_layer_inputs(x, per_layer_embeddings)
-
-        target = torch.sqrt((x**2).mean(-1, keepdim=True))
-        streams = torch.stack([x] + [_match_magnitude(p(x), target) for p in m.altup_projections])
-
-        rope = {k: blocks.rope_cos_sin(input_pos, getattr(self, f"{k}_inv_freq")) for k in cfg.rope_theta}
-        masks = self.cache.masks(mask, input_pos, cfg.sliding_window, blocks.cache_lengths(cfg, kv_cache))
+        streams, ple, rope, masks = self.begin(x, per_layer_embeddings, input_pos, mask,
+                                               blocks.cache_lengths(cfg, kv_cache))
         caches = {i: blocks.LayerKV(kv_cache[f"k_{i}"], kv_cache[f"v_{i}"]) for i in cfg.cache_layers}
         for i, layer in enumerate(m.layers):
             kind = cfg.layer_types[i]
@@ -300,14 +295,30 @@ class Gemma3nForCausalLM(nn.Module):
         for i, kv in caches.items():
             out |= self.cache.outputs(i, kv)
         if self.emit_logits:
-            last = streams[:, :, -1:]
-            target = torch.sqrt((last[0] ** 2).mean(-1, keepdim=True))
-            unembedded = [last[0]] + [
-                _match_magnitude(p(last[j + 1]), target) for j, p in enumerate(m.altup_unembed_projections)
-            ]
-            h = m.norm(torch.stack(unembedded).mean(0))
-            out["logits"] = blocks.softcap(m.embed_tokens.logits(h), cfg.final_logit_softcapping)
+            out["logits"] = self.finish(streams)
         return out
+
+    def begin(self, x, per_layer_embeddings, input_pos, mask, lengths: dict[str, int]):
+        """What every layer reads: the AltUp streams [N, 1, T, H], the per-layer inputs
+        [1, T, L, 256], RoPE cos/sin and the mask of each layer kind."""
+        cfg, m = self.config, self.model
+        ple = self.per_layer_inputs(x, per_layer_embeddings)
+        target = torch.sqrt((x**2).mean(-1, keepdim=True))
+        streams = torch.stack([x] + [_match_magnitude(p(x), target) for p in m.altup_projections])
+        rope = {k: blocks.rope_cos_sin(input_pos, getattr(self, f"{k}_inv_freq")) for k in cfg.rope_theta}
+        masks = self.cache.masks(mask, input_pos, cfg.sliding_window, lengths)
+        return streams, ple, rope, masks
+
+    def finish(self, streams):
+        """Logits of the last position: AltUp streams merged, final norm, tied LM head, softcap."""
+        m = self.model
+        last = streams[:, :, -1:]
+        target = torch.sqrt((last[0] ** 2).mean(-1, keepdim=True))
+        unembedded = [last[0]] + [
+            _match_magnitude(p(last[j + 1]), target) for j, p in enumerate(m.altup_unembed_projections)
+        ]
+        h = m.norm(torch.stack(unembedded).mean(0))
+        return blocks.softcap(m.embed_tokens.logits(h), self.config.final_logit_softcapping)
 
 
 class PerLayerEmbedder(nn.Module):

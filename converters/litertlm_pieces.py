@@ -1,0 +1,252 @@
+"""Gemma 3n's `.litertlm` main model converted a piece at a time, so full-size E2B/E4B export streams.
+
+litert-torch converts float constants: E2B's main graph is 9.6 GB in float32 and its conversion
+needs twice that. Converted whole it does not fit a 24 GB machine. Instead each piece (the entry:
+AltUp streams, per-layer inputs, RoPE and masks; one piece per decoder layer; the exit: LM head
+and softcap) is converted with the `prefill_<N>` and `decode` signatures, its weights read from
+the checkpoint just before and quantized by ai-edge-quantizer just after, then dropped. The pieces'
+flatbuffers are stitched into the two signatures of one model (converters/tflite_stitch.py):
+the same operators a whole-graph conversion gives, the weights stored once for both signatures.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgepack import contract
+from edgepack.converters.models import blocks
+from edgepack.converters.tflite_stitch import Piece
+from edgepack.errors import EdgepackError
+
+_KINDS = ("full_attention", "sliding_attention")
+
+
+class Entry(nn.Module):
+    """embeddings, per_layer_embeddings, input_pos, mask -> streams, per-layer inputs, RoPE, sliding mask."""
+
+    def __init__(self, model, lengths: dict[str, int]):
+        super().__init__()
+        self.model, self.lengths = model, lengths
+
+    def forward(self, embeddings, per_layer_embeddings, input_pos, mask):
+        streams, ple, rope, masks = self.model.begin(embeddings, per_layer_embeddings, input_pos, mask, self.lengths)
+        out = {"streams": streams, "per_layer_inputs": ple, "sliding_mask": masks["sliding_attention"].cache}
+        for kind in _KINDS:
+            out[f"cos_{kind}"], out[f"sin_{kind}"] = rope[kind]
+        return out
+
+
+class Layer(nn.Module):
+    """Decoder layer i: streams in and out; a cache owner also writes and outputs its K/V cache."""
+
+    def __init__(self, model, i: int, ring: int | None):
+        super().__init__()
+        self.model, self.i, self.ring = model, i, ring
+
+    def forward(self, streams, per_layer_inputs, cos, sin, mask, input_pos, k_cache, v_cache):
+        m, i = self.model, self.i
+        kind = m.config.layer_types[i]
+        layer_mask = blocks.LayerMask(mask, ring=self.ring if kind == "sliding_attention" else None)
+        streams, kv = m.model.layers[i](streams, cos, sin, layer_mask, per_layer_inputs[:, :, i],
+                                        blocks.LayerKV(k_cache, v_cache), input_pos, m.cache)
+        out = {"streams": streams}
+        if m.config.kv_source(i) == i:
+            out |= {"k_cache": kv.k, "v_cache": kv.v}
+        return out
+
+
+class Exit(nn.Module):
+    """streams -> logits of the last position (decode only: LiteRT-LM samples from `decode`)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, streams):
+        return {"logits": self.model.finish(streams)}
+
+
+@dataclasses.dataclass
+class PieceSpec:
+    name: str
+    module: nn.Module
+    params: list[str]  # the checkpoint tensors it reads (the graph mirrors their names)
+    signatures: list[str]
+    inputs: dict[str, str]  # piece input -> wire: a model input's name, or "<piece>.<output>"
+    outputs: dict[str, str]  # model output -> piece output
+
+
+def plan(model, cfg, prefill_len: int, lengths: list[int]) -> list[PieceSpec]:
+    """Entry, the decoder layers in order, exit; wired as the whole graph's forward is."""
+    names = [n for n, _ in model.named_parameters()]
+    prefill = contract.prefill_signature(prefill_len)
+    both = [prefill, contract.DECODE]
+    by_kind = {cfg.layer_types[i]: n for i, n in zip(cfg.cache_layers, lengths)}
+    context = max(lengths)
+    ring = by_kind.get("sliding_attention", context)
+    ring = ring if ring < context else None
+    head = ("model.per_layer_model_projection.", "model.per_layer_projection_norm.", "model.altup_projections.")
+    specs = [PieceSpec("entry", Entry(model, by_kind), [n for n in names if n.startswith(head)], both,
+                       {n: n for n in ("embeddings", "per_layer_embeddings", "input_pos", "mask")}, {})]
+    for i in range(cfg.num_hidden_layers):
+        kind, src = cfg.layer_types[i], cfg.kv_source(i)
+        k, v = contract.k_cache_name(src), contract.v_cache_name(src)
+        inputs = {
+            "streams": f"layer{i - 1}.streams" if i else "entry.streams",
+            "per_layer_inputs": "entry.per_layer_inputs",
+            "cos": f"entry.cos_{kind}", "sin": f"entry.sin_{kind}",
+            "mask": "entry.sliding_mask" if kind == "sliding_attention" else "mask",
+            "input_pos": "input_pos",
+            "k_cache": k if src == i else f"layer{src}.k_cache",
+            "v_cache": v if src == i else f"layer{src}.v_cache",
+        }
+        outputs = {k: "k_cache", v: "v_cache"} if src == i else {}
+        specs.append(PieceSpec(f"layer{i}", Layer(model, i, ring), [n for n in names if n.startswith(f"model.layers.{i}.")],
+                               both, inputs, outputs))
+    last = f"layer{cfg.num_hidden_layers - 1}.streams"
+    tail = ("model.norm.", "model.altup_unembed_projections.", "model.embed_tokens.")
+    specs.append(PieceSpec("exit", Exit(model), [n for n in names if n.startswith(tail)], [contract.DECODE],
+                           {"streams": last}, {"logits": "logits"}))
+    return specs
+
+
+def sample_inputs(spec: PieceSpec, cfg, length: int, lengths: list[int], context: int) -> dict:
+    """Zeros of each input's shape for a `length`-token call."""
+    from edgepack.converters.litertlm_export import sample_inputs as model_inputs
+
+    model = model_inputs(cfg, length, context, lengths, embeddings=True)
+    caches = {contract.k_cache_name(i): model["kv_cache"][f"k_{i}"] for i in cfg.cache_layers}
+    caches |= {contract.v_cache_name(i): model["kv_cache"][f"v_{i}"] for i in cfg.cache_layers}
+    n, d = cfg.altup_num_inputs, cfg.head_dim
+    by_kind = {cfg.layer_types[i]: n_ for i, n_ in zip(cfg.cache_layers, lengths)}
+    wires = {
+        "streams": torch.zeros(n, 1, length, cfg.hidden_size),
+        "per_layer_inputs": model["per_layer_embeddings"],
+        "cos": torch.zeros(length, d), "sin": torch.zeros(length, d),
+        "sliding_mask": torch.zeros(1, 1, length, by_kind.get("sliding_attention", context)),
+    }
+    out = {}
+    for name, wire in spec.inputs.items():
+        if wire in model:
+            out[name] = model[wire]
+        elif wire in caches:
+            out[name] = caches[wire]
+        elif name in ("k_cache", "v_cache"):  # a KV-shared layer reads its source layer's cache
+            src = int(wire.split(".")[0].removeprefix("layer"))
+            out[name] = caches[(contract.k_cache_name if name == "k_cache" else contract.v_cache_name)(src)]
+        else:
+            out[name] = wires["sliding_mask"] if wire == "entry.sliding_mask" else wires[name]
+    return out
+
+
+def convert(spec: PieceSpec, cfg, prefill_len: int, lengths: list[int], context: int, out: Path) -> Piece:
+    """Convert one piece with litert-torch; its weights must be loaded."""
+    import litert_torch
+
+    module = copy.copy(spec.module)  # the piece, over a copy of the model with only its weights
+    module._modules = {"model": _pruned(spec.module.model, set(spec.params))}
+    module.eval()
+    conv = None
+    for sig in spec.signatures:
+        length = 1 if sig == contract.DECODE else prefill_len
+        sample = sample_inputs(spec, cfg, length, lengths, context)
+        conv = (litert_torch.signature(sig, module, sample_kwargs=sample) if conv is None
+                else conv.signature(sig, module, sample_kwargs=sample))
+    conv.convert().export(str(out))
+    return Piece(spec.name, out, spec.inputs, spec.outputs)
+
+
+def _pruned(module: nn.Module, keep: set[str], prefix: str = "") -> nn.Module:
+    """A shallow copy of `module` holding only the parameters in `keep` (full names): litert-torch
+    lowers every parameter a module has, used or not, and the others are on the meta device.
+    Submodules whose parameters are all left out become empty modules, so ModuleList indices still hold."""
+    if not any(k.startswith(prefix) for k in keep) and any(True for _ in module.parameters()):
+        return nn.Module()
+    clone = copy.copy(module)
+    clone._parameters = {n: p for n, p in module._parameters.items() if p is None or prefix + n in keep}
+    clone._modules = {n: None if m is None else _pruned(m, keep, f"{prefix}{n}.") for n, m in module._modules.items()}
+    return clone
+
+
+def export_main(model, cfg, src, plans: dict, prefill_len: int, context: int, lengths: list[int],
+                work: Path, progress) -> Path:
+    """The `prefill_decode` model, converted and quantized a piece at a time: the float weights
+    of one piece (a decoder layer: 240 MB for E2B; the exit's tied embedding: 2.1 GB) at most."""
+    from tqdm import tqdm
+
+    from edgepack.converters import tflite_quant
+    from edgepack.converters.export import load_weights, unload_weights
+    from edgepack.converters.tflite_stitch import stitch
+
+    pieces = []
+    quantize = any(p.bits != 32 for p in plans.values())
+    for spec in tqdm(plan(model, cfg, prefill_len, lengths), desc="converting", unit="piece",
+                     leave=False, file=progress, disable=None):
+        load_weights(model, src, only=set(spec.params), progress=None)
+        path = work / f"{spec.name}.tflite"
+        pieces.append(convert(spec, cfg, prefill_len, lengths, context, path))
+        if quantize:
+            params = dict(model.named_parameters())
+            tflite_quant.quantize_file(path, plans, {n: params[n].detach().numpy() for n in spec.params})
+        unload_weights(model, spec.params)
+    out = work / "model.tflite"
+    stitch(pieces, [contract.prefill_signature(prefill_len), contract.DECODE], out)
+    for piece in pieces:
+        piece.path.unlink()
+    return out
+
+
+def export_table_model(module_for, name: str, src, plan, signature: str, out: Path) -> None:
+    """An embedder model (token ids -> rows of one table) without the float table whole: convert
+    and quantize it with the table's first rows, then put the whole table in, quantized per row a
+    block of rows at a time with ai-edge-quantizer's own arithmetic (the bytes it would write)."""
+    import numpy as np
+    from ai_edge_litert import schema_py_generated as tfl
+    from ai_edge_litert.tools import flatbuffer_utils as fb
+
+    from edgepack.converters import litertlm_export as lx, tflite_quant, tflite_stitch
+
+    rows, width = src.shapes[name] if name in src.shapes else src.read(name).shape
+    head = np.ascontiguousarray(next(iter(src.row_chunks(name, max_bytes=64 * 4 * width)))[:64])
+    lx.convert_single(module_for(torch.from_numpy(head)), signature, out)
+    if plan.bits != 32:
+        tflite_quant.quantize_file(out, {name: plan}, {name: head})
+    model = fb.read_model(str(out))
+    g = model.subgraphs[0]
+    lookups = [op for op in g.operators
+               if model.operatorCodes[op.opcodeIndex].builtinCode == tfl.BuiltinOperator.EMBEDDING_LOOKUP]
+    table = g.tensors[lookups[0].inputs[1]]
+    if len(lookups) != 1 or list(table.shape) != [len(head), width]:
+        raise EdgepackError(f"internal error: {signature} model has no single {len(head)}-row lookup table")
+    codes, scales = [], []
+    for chunk in src.row_chunks(name):
+        q, s = _quantize_rows(chunk, plan.bits) if plan.bits != 32 else (chunk.astype(np.float32), None)
+        codes.append(q.reshape(-1).view(np.uint8))
+        if s is not None:
+            scales.append(s)
+    table.shape = np.array([rows, width], np.int32)
+    model.buffers[table.buffer].data = np.concatenate(codes)
+    if scales:
+        table.quantization.scale = np.concatenate(scales).astype(np.float32)
+        table.quantization.zeroPoint = np.zeros(rows, np.int64)
+    tflite_stitch.write(model, out)
+
+
+def _quantize_rows(rows, bits: int):
+    """Symmetric per-row codes (int4 packed two to a byte) and scales, as ai-edge-quantizer makes them."""
+    import numpy as np
+    from ai_edge_quantizer import qtyping
+    from ai_edge_quantizer.algorithms.uniform_quantize import uniform_quantize_tensor as uq
+    from ai_edge_quantizer.transformations.transformation_utils import pack_data
+
+    zp, scale = uq.tensor_zp_scale_from_min_max(rows.min(1, keepdims=True), rows.max(1, keepdims=True), bits,
+                                                True, qtyping.QuantGranularity.CHANNELWISE)
+    params = qtyping.UniformQuantParams(num_bits=bits, quantized_dimension=0, scale=scale, zero_point=zp,
+                                        symmetric=True)
+    q = uq.uniform_quantize(rows, params)
+    return pack_data(bits, q), scale.reshape(-1)
