@@ -40,7 +40,9 @@ def sample_inputs(cfg, length: int, context: int, lengths: list[int], embeddings
 
 
 def convert_main(model, cfg, prefill_len: int, context: int, lengths: list[int], out: Path) -> None:
-    """`prefill_<N>` (caches only: LiteRT-LM samples from `decode`) and `decode` (caches + logits)."""
+    """`prefill_<N>` (caches only: LiteRT-LM samples from `decode`) and `decode` (caches + logits),
+    the whole float graph at once: Gemma 3 (the 270M converts in 6 GB). Gemma 3n goes a piece at a
+    time instead (litertlm_pieces.py); test_stitch compares the two."""
     import litert_torch
 
     embeddings = hasattr(cfg, "hidden_size_per_layer_input")  # Gemma 3n: external embedder
