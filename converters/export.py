@@ -99,11 +99,10 @@ def export(source: str | Path, out: str | Path, opts: ExportOptions, log=print) 
     plans = plan_weights(model, src, recipe, opts.format)
     stages = Stages(opts.verbose)
     # ONNX takes the quantized modules as they are read; TFLite converts the float graph and
-    # quantizes the flatbuffer after (tflite_quant).
+    # quantizes the flatbuffer after (tflite_quant), for Gemma 3n a piece at a time, each piece's
+    # weights read just before it (litertlm_pieces).
     in_graph = {n: p for n, p in plans.items() if p.bits != 32} if opts.format == "onnx" else {}
-    if opts.format == "litertlm" and src.family == "gemma3n":
-        pass  # converted a piece at a time, each piece's weights read just before (litertlm_pieces)
-    else:
+    if not (opts.format == "litertlm" and src.family == "gemma3n"):
         with stages.stage(f"reading weights ({len(in_graph)} tensors quantized as they are read)" if in_graph
                           else "reading weights"):
             load_weights(model, src, in_graph, progress=stages.console)

@@ -6,7 +6,8 @@ AltUp streams, per-layer inputs, RoPE and masks; one piece per decoder layer; th
 and softcap) is converted with the `prefill_<N>` and `decode` signatures, its weights read from
 the checkpoint just before and quantized by ai-edge-quantizer just after, then dropped. The pieces'
 flatbuffers are stitched into the two signatures of one model (converters/tflite_stitch.py):
-the same operators a whole-graph conversion gives, the weights stored once for both signatures.
+the operators a whole-graph conversion gives, plus a few small index and reshape ones it would
+share between layers (tests/test_stitch.py), the weights stored once for both signatures.
 """
 
 from __future__ import annotations
