@@ -13,6 +13,7 @@ install() {  # install <pip spec...> into <target>, atomically, quietly unless i
   local target=$1; shift
   [ -d "$target" ] && { echo "already installed: $target"; return 0; }
   rm -rf "$target.partial"
+  mkdir -p "$(dirname "$target")"  # a new machine has no peers folder yet
   echo "installing $* into $target ..."
   .venv/bin/pip --disable-pip-version-check install -q --no-cache-dir --target "$target.partial" "$@" \
     > "$target.log" 2>&1 || { tail -20 "$target.log"; echo "failed; log: $target.log" >&2; exit 1; }
