@@ -21,6 +21,15 @@ from checkpoints import TINY_CONTEXT, TINY_PREFILL  # noqa: E402
 from edgepack.converters.builtin import gemma_gguf  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def litert_cache_folder(tmp_path_factory) -> Path:
+    """The LiteRT engine's cached main models (runtime/litert_cache.py) go to the session's
+    temporary folder, not the user's ~/.cache (child processes inherit it)."""
+    folder = tmp_path_factory.mktemp("edgepack-cache")
+    os.environ["EDGEPACK_CACHE"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tokenizer_json(tmp_path_factory) -> str:
     """The real Gemma 3 tokenizer (262,144 pieces), converted from the 270M GGUF by transformers."""

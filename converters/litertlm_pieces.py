@@ -82,12 +82,18 @@ class PieceSpec:
     outputs: dict[str, str]  # model output -> piece output
 
 
+def slots_by_kind(cfg, lengths: list[int]) -> dict[str, int]:
+    """Cache slots of each attention kind ('sliding_attention' may be a ring shorter than the
+    context), from the cache layers' lengths."""
+    return {cfg.layer_types[i]: n for i, n in zip(cfg.cache_layers, lengths)}
+
+
 def plan(model, cfg, prefill_len: int, lengths: list[int]) -> list[PieceSpec]:
     """Entry, the decoder layers in order, exit; wired as the whole graph's forward is."""
     names = [n for n, _ in model.named_parameters()]
     prefill = contract.prefill_signature(prefill_len)
     both = [prefill, contract.DECODE]
-    by_kind = {cfg.layer_types[i]: n for i, n in zip(cfg.cache_layers, lengths)}
+    by_kind = slots_by_kind(cfg, lengths)
     context = max(lengths)
     ring = by_kind.get("sliding_attention", context)
     ring = ring if ring < context else None
@@ -124,7 +130,7 @@ def sample_inputs(spec: PieceSpec, cfg, length: int, lengths: list[int], context
     caches = {contract.k_cache_name(i): model["kv_cache"][f"k_{i}"] for i in cfg.cache_layers}
     caches |= {contract.v_cache_name(i): model["kv_cache"][f"v_{i}"] for i in cfg.cache_layers}
     n, d = cfg.altup_num_inputs, cfg.head_dim
-    by_kind = {cfg.layer_types[i]: n_ for i, n_ in zip(cfg.cache_layers, lengths)}
+    by_kind = slots_by_kind(cfg, lengths)
     wires = {
         "streams": torch.zeros(n, 1, length, cfg.hidden_size),
         "per_layer_inputs": model["per_layer_embeddings"],

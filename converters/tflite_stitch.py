@@ -135,10 +135,7 @@ def _append(sig: _Signature, piece: Piece, graph, sd, buffers: dict[int, int], o
     for op in graph.operators:
         op = copy.copy(op)
         op.opcodeIndex = opcodes[op.opcodeIndex]
-        op.inputs = [index[i] if i >= 0 else i for i in op.inputs]
-        op.outputs = [index[i] for i in op.outputs]
-        if op.intermediates is not None and len(op.intermediates):
-            op.intermediates = [index[i] for i in op.intermediates]
+        _renumber(op, index)
         sig.graph.operators.append(op)
     for tm in sd.outputs:
         name = _text(tm.name)
@@ -196,10 +193,7 @@ def _prune(sig: _Signature) -> None:
     new = {old: n for n, old in enumerate(sorted(used))}
     g.tensors = [_renumber_scales(g.tensors[old], new) for old in sorted(used)]
     for op in kept:
-        op.inputs = [new[i] if i >= 0 else i for i in op.inputs]
-        op.outputs = [new[i] for i in op.outputs]
-        if op.intermediates is not None and len(op.intermediates):
-            op.intermediates = [new[i] for i in op.intermediates]
+        _renumber(op, new)
     g.operators = kept
     sig.inputs = {k: new[v] for k, v in sig.inputs.items()}
     sig.outputs = {k: new[v] for k, v in sig.outputs.items()}
@@ -235,3 +229,11 @@ def write(model, out: Path) -> None:
 
 def _round_up(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def _renumber(op, mapping) -> None:
+    """Points an operator's tensors through `mapping` (-1, an omitted optional input, stays)."""
+    op.inputs = [mapping[i] if i >= 0 else i for i in op.inputs]
+    op.outputs = [mapping[i] for i in op.outputs]
+    if op.intermediates is not None and len(op.intermediates):
+        op.intermediates = [mapping[i] for i in op.intermediates]

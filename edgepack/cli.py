@@ -19,6 +19,11 @@ EPILOG = """examples:
   edgepack inspect bundles/gemma-3-270m
   edgepack eval bundles/gemma-3-270m --text /usr/share/common-licenses/GPL-3 --reference gemma-3-270m
   edgepack profile --preset gemma-3n-E2B --quant int4 --context 4096 --device pi5-8gb
+
+environment:
+  EDGEPACK_CACHE       where a .litertlm's main model and XNNPACK's packed weights are kept
+                       (default ~/.cache/edgepack; "off" reads the model into memory instead)
+  EDGEPACK_LITERT_API  compiled or interpreter (the default on cores without LSE atomics: Pi 4)
 """
 
 
@@ -201,7 +206,9 @@ def parser() -> argparse.ArgumentParser:
                                    "read per token over the read bandwidth measured at the same thread count. "
                                    "--compare adds the peers on the same weights: LiteRT-LM on the same "
                                    ".litertlm file, llama.cpp on the source GGUF (built once by "
-                                   "benchmarks/build_peers.sh). Peers that are missing are skipped with a reason.")
+                                   "benchmarks/build_peers.sh). Peers that are missing are skipped with a reason. "
+                                   "The LiteRT engines are measured on a load after the first, which packs "
+                                   "the weights into a cache (EDGEPACK_CACHE) and is done first if needed.")
     k.add_argument("--prefill", type=int, default=512, help="prompt tokens (default: 512)")
     k.add_argument("--decode", type=int, default=128, help="generated tokens (default: 128)")
     k.add_argument("--compare", action="store_true", help="also run the peers on the same weights")

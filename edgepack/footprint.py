@@ -11,8 +11,9 @@ The prediction is a sum of parts, each from the manifest alone:
 - activations: the largest prefill chunk's attention scores, MLP and logits.
 
 Per-byte engine costs were measured on this project's bundles (`benchmarks/memory_parts.py`):
-LiteRT keeps the graph section as a Python bytes object and XNNPACK packs the weights again;
-onnxruntime loads the external data into its own buffers and prepacks MatMulNBits.
+LiteRT's CompiledModel maps XNNPACK's packed weights from its cache; the Interpreter keeps the
+graph section as a Python bytes object and XNNPACK packs the weights again; onnxruntime loads the
+external data into its own buffers and prepacks MatMulNBits.
 """
 
 from __future__ import annotations
@@ -35,8 +36,12 @@ TOKENIZER_PARSE_PER_FILE_BYTE = 24.0  # while tokenizer.json is being parsed
 # Resident bytes per graph byte, (float graph, quantized graph): quantized weights are repacked.
 # onnxruntime holds its repacked copies; the engine keeps the mapped originals out of the
 # resident set (runtime/mapped_pages.py). Calibrated on full-size E2B and E4B int4 (1.16, 1.16:
-# docs/full-size.md).
-WEIGHT_COPIES = {"onnx": (1.1, 1.16), "compiled": (2.0, 2.3), "interpreter": (2.0, 2.3)}
+# docs/full-size.md). The CompiledModel engine maps the weights XNNPACK packed into its cache
+# (runtime/litert_cache.py; the loads after the first, which packs them). The Interpreter maps the
+# cached section and keeps its pages out of the resident set, but XNNPACK packs each signature's
+# weights apart (2.1: full-size E2B int4). With EDGEPACK_CACHE=off both hold the section as bytes
+# besides (about one copy more).
+WEIGHT_COPIES = {"onnx": (1.1, 1.16), "compiled": (1.0, 1.0), "interpreter": (2.0, 2.1)}
 KV_COPIES = {"onnx": 1, "compiled": 1, "interpreter": 4}  # the Interpreter: in and out, per signature
 DEVICES_FILE = Path(__file__).with_name("devices.json")
 

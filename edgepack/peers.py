@@ -16,7 +16,9 @@ as edgepack's own run: load_s, ttft_s, prefill_tok_s, decode_tok_s. Greedy decod
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +28,19 @@ import numpy as np
 PEERS_DIR = Path(os.environ.get("EDGEPACK_PEERS", Path.home() / ".cache" / "edgepack" / "peers"))
 LLAMA_CPP_VERSION = "0.3.36"
 ORT_GENAI_VERSION = "0.18.0"
+
+
+def litert_lm_cache(b) -> contextlib.AbstractContextManager[str]:
+    """The folder LiteRT-LM keeps a bundle's packed weights in: beside edgepack's own
+    (runtime/litert_cache.py), or a temporary one with EDGEPACK_CACHE=off."""
+    from edgepack.runtime import litert_cache
+
+    ours = litert_cache.planned_files(b)
+    if ours is None:
+        return tempfile.TemporaryDirectory()
+    folder = ours.model.parent / "litert-lm"
+    folder.mkdir(parents=True, exist_ok=True)
+    return contextlib.nullcontext(str(folder))
 
 
 def llama_cpp_dir() -> Path:
@@ -40,14 +55,14 @@ def ort_genai_models_dir() -> Path:
     return PEERS_DIR / "onnxruntime-genai-models"
 
 
+# argv: model, prefill, decode, threads, cache folder (where it keeps XNNPACK's packed weights)
 LITERT_LM = """
-import json, sys, tempfile
+import json, sys
 import litert_lm
 litert_lm.set_min_log_severity(litert_lm.LogSeverity.ERROR)
-with tempfile.TemporaryDirectory() as cache:  # XNNPACK's weight cache: tens of MB a run
-    b = litert_lm.Benchmark(model_path=sys.argv[1], backend=litert_lm.Backend.CPU(thread_count=int(sys.argv[4])),
-                            prefill_tokens=int(sys.argv[2]), decode_tokens=int(sys.argv[3]), cache_dir=cache)
-    i = b.run()
+b = litert_lm.Benchmark(model_path=sys.argv[1], backend=litert_lm.Backend.CPU(thread_count=int(sys.argv[4])),
+                        prefill_tokens=int(sys.argv[2]), decode_tokens=int(sys.argv[3]), cache_dir=sys.argv[5])
+i = b.run()
 print(json.dumps({"load_s": i.init_time_in_second, "ttft_s": i.time_to_first_token_in_second,
                   "prefill_tok_s": i.last_prefill_tokens_per_second, "decode_tok_s": i.last_decode_tokens_per_second}))
 """

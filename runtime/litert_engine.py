@@ -2,7 +2,8 @@
 
 - CompiledModel (the default): one TensorBuffer per cache tensor, bound as both the input and the
   output of every signature, so the graph's dynamic_update_slice writes the new K/V in place, as
-  LiteRT-LM's CPU executor does. No step copies the cache.
+  LiteRT-LM's CPU executor does. No step copies the cache. The model is mapped from a cached copy
+  of the section with XNNPACK's packed weights beside it (litert_cache.py), not held in memory.
 - Interpreter: for cores without the Armv8.1 LSE atomics (the Raspberry Pi 4's Cortex-A72, older
   phones). Creating a CompiledModel environment executes LSE instructions there and dies with
   SIGILL, the same crash as Google's prebuilt LiteRT-LM CLI on a Pi 4. The interpreter path keeps
@@ -28,6 +29,7 @@ import numpy as np
 from edgepack import contract
 from edgepack.bundle import Bundle
 from edgepack.errors import EdgepackError
+from edgepack.runtime import litert_cache, mapped_pages
 from edgepack.runtime.engines import Engine, copy_slots, default_threads
 from edgepack.runtime.row_store import StoreOptions
 
@@ -61,12 +63,34 @@ def litert_engine(b: Bundle, threads: int | None = None, stores: StoreOptions = 
 
 
 def _main_section(b: Bundle) -> tuple[Path, bytes]:
-    """The prefill/decode TFLite model, read out of the .litertlm (both APIs take only bytes)."""
+    """The prefill/decode TFLite model read out of the .litertlm into memory, for the Interpreter
+    (which takes a model as bytes or a file of its own) and a CompiledModel without a cache."""
     main = next(s for s in b.manifest["graph"]["sections"] if s["model_type"] == "tf_lite_prefill_decode")
     path = Path(b.file(b.manifest["graph"]["file"]))
     with open(path, "rb") as f:
         f.seek(main["offset"])
         return path, f.read(main["size"])
+
+
+def _load_compiled_model(rt: types.SimpleNamespace, b: Bundle, files: litert_cache.MainModelFiles | None,
+                         threads: int | None) -> None:
+    """rt.model: a CompiledModel of the main section, mapped from its cached file with XNNPACK's
+    packed weights beside it, or (without a cache) from bytes kept alive in rt.section."""
+    from ai_edge_litert import options
+    from ai_edge_litert.compiled_model import CompiledModel
+
+    cpu = options.Options(cpu_options=options.CpuOptions(
+        num_threads=threads or default_threads(),
+        xnnpack_weight_cache_path=str(files.packed_weights) if files else ""))
+    path = b.file(b.manifest["graph"]["file"])
+    try:
+        if files is None:
+            rt.section = _main_section(b)[1]  # LiteRT may read it in place: it lives as long as the model
+            rt.model = CompiledModel.from_buffer(rt.section, options=cpu)
+        else:
+            rt.model = CompiledModel.from_file(str(files.model), options=cpu)
+    except Exception as e:
+        raise EdgepackError(f"LiteRT cannot load {path}: {e}") from None
 
 
 class CompiledModelEngine(Engine):
@@ -75,22 +99,18 @@ class CompiledModelEngine(Engine):
     api = "compiled"
 
     def __init__(self, b: Bundle, threads: int | None = None, stores: StoreOptions = StoreOptions()):
-        from ai_edge_litert import options
-        from ai_edge_litert.compiled_model import CompiledModel
-
-        path, self._model = _main_section(b)
         g = b.manifest["graph"]
         self.prefill_sig, self.decode_sig = contract.prefill_signature(g["prefill_lengths"][0]), contract.DECODE
         cache = set(contract.cache_names(g["cache_layers"]))
         # Every LiteRT object lives in `rt`, released (quietly) when the engine goes or at exit.
         self.rt = types.SimpleNamespace()
         weakref.finalize(self, _release_quietly, self.rt)
-        cpu = options.CpuOptions(num_threads=threads or default_threads())
-        with _native_stderr_silenced():  # the runtime logs each accelerator it probes, at INFO
-            try:
-                self.rt.model = CompiledModel.from_buffer(self._model, options=options.Options(cpu_options=cpu))
-            except Exception as e:
-                raise EdgepackError(f"LiteRT cannot load {path}: {e}") from None
+        with litert_cache.cached_main_model(b) as files, _native_stderr_silenced():
+            # (the runtime logs each accelerator it probes, at INFO)
+            _load_compiled_model(self.rt, b, files, threads)
+        if files:  # the packed weights are in their own file now (litert_cache.py)
+            mapped_pages.page_out(files.model)
+        with _native_stderr_silenced():
             model = self.rt.model
             self.rt.cache = {n: model.create_input_buffer_by_name(self.decode_sig, n) for n in cache}
             self.rt.inputs = {sig: {n: model.create_input_buffer_by_name(sig, n)
@@ -136,6 +156,7 @@ class _Signature:
         self._w, self._sg = runner._interpreter_wrapper, runner._subgraph_index
         self.inputs, self.outputs = dict(runner._inputs), dict(runner._outputs)
         self._w.AllocateTensors(self._sg)
+        self.ran = False
 
     def input(self, name: str) -> np.ndarray:
         """A writable view; drop it before invoke() (the interpreter refuses to run while views
@@ -159,14 +180,20 @@ class InterpreterEngine(Engine):
     def __init__(self, b: Bundle, threads: int | None = None, stores: StoreOptions = StoreOptions()):
         from ai_edge_litert.interpreter import Interpreter
 
-        path, self._model = _main_section(b)
-        try:
-            self.interpreter = Interpreter(model_content=self._model, num_threads=threads or default_threads())
-        except Exception as e:
-            raise EdgepackError(f"LiteRT cannot load {path}: {e}") from None
-        g = b.manifest["graph"]
-        self.prefill_sig = _Signature(self.interpreter, contract.prefill_signature(g["prefill_lengths"][0]))
-        self.decode_sig = _Signature(self.interpreter, contract.DECODE)
+        path, g = b.file(b.manifest["graph"]["file"]), b.manifest["graph"]
+        with litert_cache.cached_main_model(b) as files:
+            # Mapped from the cached section when there is one: XNNPACK packs the weights into its
+            # own memory while the signatures allocate, and the original's pages are kept out of
+            # the resident set meanwhile and after (mapped_pages.py).
+            self._mapped = files.model if files else None
+            source = {"model_path": str(files.model)} if files else {"model_content": _main_section(b)[1]}
+            with mapped_pages.paged_out_while(files.model) if files else contextlib.nullcontext():
+                try:
+                    self.interpreter = Interpreter(**source, num_threads=threads or default_threads())
+                except Exception as e:
+                    raise EdgepackError(f"LiteRT cannot load {path}: {e}") from None
+                self.prefill_sig = _Signature(self.interpreter, contract.prefill_signature(g["prefill_lengths"][0]))
+                self.decode_sig = _Signature(self.interpreter, contract.DECODE)
         super().__init__(b, stores)
 
     def reset(self) -> None:
@@ -181,6 +208,9 @@ class InterpreterEngine(Engine):
                 sig.input(name)[...] = self._holder.input(name)
             self._holder = sig
         sig.invoke(self._inputs(ids, positions))
+        if self._mapped and not sig.ran:  # XNNPACK has packed this signature's weights by now
+            mapped_pages.page_out(self._mapped)
+        sig.ran = True
         # The graph wrote the slots of positions input_pos[0] onwards (rings wrap).
         for name in self.cache_names:
             dst, src = sig.input(name), sig.output(name)
@@ -212,5 +242,7 @@ def _native_stderr_silenced():
 
 def _release_quietly(rt: types.SimpleNamespace) -> None:
     with _native_stderr_silenced():
+        rt.__dict__.pop("model", None)  # before the bytes it may have been built from (rt.section)
+        gc.collect()
         rt.__dict__.clear()
         gc.collect()
