@@ -6,10 +6,12 @@ anonymous memory (1.6 GB for E2B int4) beside the copy XNNPACK packs the weights
 - the section is copied once into a cache folder as a file of its own, which LiteRT maps
   (`os.copy_file_range`: a filesystem that can share blocks does, so the copy may cost no disk);
 - XNNPACK's weight cache lives beside it: the first load packs the weights into that file, later
-  loads map them from it and read none of the originals (E2B: 2 s instead of 13);
+  loads map them from it and read almost none of the original (E2B, the engine alone: loaded in
+  1.7 s instead of 13);
 - after a load the original's pages are paged out (mapped_pages.page_out); what a CPU kernel
   still reads in place faults back in.
-E2B int4, the engine after load and one decode step: 4.0 GB resident from bytes, 1.9 GB this way.
+E2B int4, the engine after load and one decode step: 4,022 MiB resident from bytes, 1,921 MiB
+this way (docs/full-size.md has whole runs).
 The cost is disk: the section again (unless shared) and the packed weights (about its size), as
 LiteRT-LM pays for the XNNPACK cache it keeps next to a model.
 
