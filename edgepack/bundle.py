@@ -160,5 +160,9 @@ class Bundle:
         included), but not the row stores kept outside it."""
         if self.format == "onnx":
             return sum(f["size"] for f in self.manifest["files"] if f["role"] in ("graph", "weights"))
-        return next(s["size"] for s in self.manifest["graph"]["sections"]
-                    if s["model_type"] == "tf_lite_prefill_decode")
+        return self.main_section["size"]
+
+    @property
+    def main_section(self) -> dict:
+        """A .litertlm's prefill/decode model: its section entry (offset, size) in the manifest."""
+        return next(s for s in self.manifest["graph"]["sections"] if s["model_type"] == "tf_lite_prefill_decode")

@@ -55,16 +55,13 @@ class MainModelFiles:
     packed_weights: Path  # XNNPACK's weight cache for it
 
 
-def cache_root() -> Path | None:
-    """Where edgepack keeps derived files; None when EDGEPACK_CACHE=off."""
-    value = os.environ.get(CACHE_ENV, "")
+def cache_root(env: dict | None = None) -> Path | None:
+    """Where edgepack keeps derived files, by `env` (default: this process's environment); None
+    when EDGEPACK_CACHE=off."""
+    value = (os.environ if env is None else env).get(CACHE_ENV, "")
     if value.lower() == "off":
         return None
     return Path(value).expanduser() if value else DEFAULT_ROOT
-
-
-def main_section(b: Bundle) -> dict:
-    return next(s for s in b.manifest["graph"]["sections"] if s["model_type"] == "tf_lite_prefill_decode")
 
 
 def planned_files(b: Bundle, root: Path | None = None) -> MainModelFiles | None:
@@ -75,7 +72,7 @@ def planned_files(b: Bundle, root: Path | None = None) -> MainModelFiles | None:
         return None
     name = b.manifest["graph"]["file"]
     sha = next(f["sha256"] for f in b.manifest["files"] if f["path"] == name)
-    folder = root / "litert" / f"{sha[:24]}-{main_section(b)['offset']}-{metadata.version('ai-edge-litert')}"
+    folder = root / "litert" / f"{sha[:24]}-{b.main_section['offset']}-{metadata.version('ai-edge-litert')}"
     return MainModelFiles(folder / "main.tflite", folder / "main.xnnpack_cache")
 
 
@@ -112,8 +109,8 @@ def used_by(b: Bundle, env: dict | None = None) -> MainModelFiles | None:
     env = os.environ if env is None else env
     if b.format != "litertlm" or (env.get(API_ENV) or litert_api()) != "compiled":
         return None
-    root = env.get(CACHE_ENV, "")
-    return None if root.lower() == "off" else planned_files(b, Path(root).expanduser() if root else DEFAULT_ROOT)
+    root = cache_root(env)
+    return None if root is None else planned_files(b, root)
 
 
 def warm_up(b: Bundle, env: dict | None = None) -> bool:
@@ -139,7 +136,7 @@ def _refresh(b: Bundle, files: MainModelFiles) -> None:
         if files.model.exists() and json.loads(stamp_path.read_text()) == stamp:
             return
     files.packed_weights.unlink(missing_ok=True)  # packed from the old copy
-    section = main_section(b)
+    section = b.main_section
     partial = files.model.with_name(f".{files.model.name}.{os.getpid()}.partial")
     try:
         with open(source, "rb") as src, open(partial, "wb") as dst:

@@ -65,7 +65,7 @@ def litert_engine(b: Bundle, threads: int | None = None, stores: StoreOptions = 
 def _main_section(b: Bundle) -> tuple[Path, bytes]:
     """The prefill/decode TFLite model read out of the .litertlm into memory, for the Interpreter
     (which takes a model as bytes or a file of its own) and a CompiledModel without a cache."""
-    main = litert_cache.main_section(b)
+    main = b.main_section
     path = Path(b.file(b.manifest["graph"]["file"]))
     with open(path, "rb") as f:
         f.seek(main["offset"])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edgepack.bundle import Bundle
-from edgepack.runtime.litert_cache import main_section, planned_files
+from edgepack.runtime.litert_cache import planned_files
 from edgepack.runtime.litert_engine import API_ENV, litert_engine
 
 IDS = np.array([2, 651, 6037, 529, 7001, 563], np.int32)
@@ -43,7 +43,7 @@ def test_cached_section_runs_as_the_model_in_memory(bundle, in_memory, tmp_path,
     first = decode_logits(folder, tmp_path, monkeypatch)
     b = Bundle(folder)
     files = planned_files(b, tmp_path)
-    section = main_section(b)
+    section = b.main_section
     with open(b.file(b.manifest["graph"]["file"]), "rb") as f:
         f.seek(section["offset"])
         assert files.model.read_bytes() == f.read(section["size"])
