@@ -176,8 +176,7 @@ def plan_weights(model: torch.nn.Module, src: sources.Source, recipe: recipes.Re
     if src.family == "gemma3n":
         cfg = src.config
         shapes[PLE_TABLE] = (cfg["vocab_size_per_layer_input"], cfg["num_hidden_layers"] * cfg["hidden_size_per_layer_input"])
-    return {n: quant_plan.decide(n, shape, recipe, fmt, src.storage(n)) for n, shape in shapes.items()
-            if len(shape) == 2}
+    return quant_plan.plan_all(shapes, recipe, fmt, src.storage, src.family)
 
 
 def _quant_summary(plans: dict) -> str:

@@ -186,12 +186,14 @@ def export_main(model, cfg, src, plans: dict, prefill_len: int, context: int, le
     of one piece (a decoder layer: 240 MB for E2B; the exit's tied embedding: 2.1 GB) at most."""
     from tqdm import tqdm
 
-    from edgepack.converters import tflite_quant
+    from edgepack.converters import quant_plan, tflite_quant
     from edgepack.converters.export import load_weights, unload_weights
     from edgepack.converters.tflite_stitch import stitch
 
     pieces = []
     quantize = any(p.bits != 32 for p in plans.values())
+    if quant_plan.LM_HEAD in plans:  # here the tied embedding is only the LM head
+        plans = plans | {quant_plan.EMBEDDING: plans[quant_plan.LM_HEAD]}
     for spec in tqdm(plan(model, cfg, prefill_len, lengths), desc="converting", unit="piece",
                      leave=False, file=progress, disable=None):
         load_weights(model, src, only=set(spec.params), progress=None)

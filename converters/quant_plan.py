@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 
 from edgepack.converters import quantize
-from edgepack.converters.recipes import Recipe
+from edgepack.converters.recipes import FLOAT, Recipe
 from edgepack.converters.sources import Source
 
 
@@ -49,9 +49,36 @@ class TensorPlan:
 _EXACT_ONNX = {"Q8_0": 8, "Q5_0": 8, "Q6_K": 8, "Q4_K": 4}  # source grid -> bits it is held at
 
 
-def decide(name: str, shape: tuple[int, ...], recipe: Recipe, fmt: str, source: str) -> TensorPlan:
-    component = recipe.component_of(name) or "other"
-    p = recipe.precision_of(name)
+EMBEDDING = "model.embed_tokens.weight"
+LM_HEAD = "lm_head.weight"  # the tied LM head's own plan, where a format stores it apart
+
+
+def head_apart(family: str, fmt: str) -> bool:
+    """Whether the format keeps the tied embedding's lookup table apart from the LM head: Gemma
+    3n's .litertlm has an embedder model of its own (memory-mapped as a row store)."""
+    return family == "gemma3n" and fmt == "litertlm"
+
+
+def plan_all(shapes: dict[str, tuple[int, ...]], recipe: Recipe, fmt: str, storage, family: str) -> dict[str, TensorPlan]:
+    """The plan of every matrix, by tensor name. A recipe's `lm_head` applies to the tied
+    embedding as the LM head reads it: where the format keeps the lookup table apart (head_apart)
+    as a plan of its own under LM_HEAD; otherwise the format stores the table once, and at the
+    head's precision, since the head is what reads it whole."""
+    plans = {n: decide(n, s, recipe, fmt, storage(n)) for n, s in shapes.items() if len(s) == 2}
+    if EMBEDDING in plans and "lm_head" in recipe.components:
+        head = decide(EMBEDDING, shapes[EMBEDDING], recipe, fmt, storage(EMBEDDING), component="lm_head")
+        if head_apart(family, fmt):
+            plans[LM_HEAD] = dataclasses.replace(head, name=LM_HEAD)
+        else:
+            plans[EMBEDDING] = head
+    return plans
+
+
+def decide(name: str, shape: tuple[int, ...], recipe: Recipe, fmt: str, source: str,
+           component: str | None = None) -> TensorPlan:
+    """`component` overrides the one the tensor's name falls in."""
+    component = component or recipe.component_of(name) or "other"
+    p = recipe.components.get(component, FLOAT)
     if p.bits == 32 or len(shape) != 2:
         return TensorPlan(name, component, shape, source, 32, 0, "float")
     bits, block = p.bits, p.block_for(fmt)
@@ -79,7 +106,7 @@ def qtensor(plan: TensorPlan, src: Source) -> quantize.QTensor:
     if plan.how.startswith("exact"):
         q = quantize.transcode_gguf(src.raw(plan.name))
     else:
-        symmetric = plan.bits == 8 or plan.component == "embedding"
+        symmetric = plan.bits == 8 or plan.name == EMBEDDING
         q = quantize.round_rows(src.row_chunks(plan.name), plan.bits, plan.block, symmetric=symmetric)
         q.how = plan.how
     plan.measured_bytes = q.nbytes()

@@ -3,7 +3,13 @@
 A recipe is a JSON file (the named ones live in `converters/recipes/`; `--quant FILE` takes a
 user's own). Components, by the checkpoint's tensor names:
 
-    embedding        model.embed_tokens (the token lookup and the tied LM head: one tensor)
+    embedding        model.embed_tokens (the token lookup table, and the tied LM head unless
+                     lm_head says otherwise)
+    lm_head          the LM head (llama-quantize's --output-tensor-type). Gemma ties it to
+                     embed_tokens; a Gemma 3n .litertlm keeps the lookup table in its own
+                     memory-mapped embedder model, so the head, which every decode step reads
+                     whole, can be coarser than the lookup. Formats that store the tied table
+                     once (ONNX, Gemma 3 .litertlm) store it at this precision. Unset: embedding's.
     per_layer_table  model.embed_tokens_per_layer (Gemma 3n's PLE table, a memory-mapped row store)
     attention        self_attn.{q,k,v,o}_proj
     mlp              mlp.{gate,up,down}_proj
@@ -27,12 +33,13 @@ from pathlib import Path
 from edgepack.errors import EdgepackError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
-COMPONENTS = ("embedding", "per_layer_table", "attention", "mlp", "per_layer", "altup_laurel")
+COMPONENTS = ("embedding", "lm_head", "per_layer_table", "attention", "mlp", "per_layer", "altup_laurel")
 _BLOCKS = (0, 16, 32, 64, 128)
 
 # component -> pattern on the checkpoint's (HF) tensor name
 _PATTERNS = {
     "embedding": r"(^|\.)embed_tokens\.weight$",
+    "lm_head": r"^lm_head\.weight$",
     "per_layer_table": r"(^|\.)embed_tokens_per_layer\.weight$",
     "attention": r"\.self_attn\.[qkvo]_proj\.weight$",
     "mlp": r"\.mlp\.(gate|up|down)_proj\.weight$",

@@ -12,6 +12,8 @@ import sys
 
 from edgepack.errors import EdgepackError
 
+QUANT_METAVAR = "none|int8|int4|int4-head4|RECIPE.json"
+
 EPILOG = """examples:
   edgepack export gemma-3-270m --format litertlm -o bundles/gemma-3-270m
   edgepack export ~/models/gemma-3n-E2B-it --format onnx -o bundles/e2b-onnx
@@ -142,9 +144,10 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--format", choices=["litertlm", "onnx"], default="litertlm",
                    help="litertlm: TFLite graphs in a .litertlm that Google's LiteRT-LM also runs; "
                         "onnx: onnxruntime (default: litertlm)")
-    e.add_argument("--quant", default="none", metavar="none|int8|int4|RECIPE.json",
-                   help="weight precision: 'none' keeps fp32; int8 and int4 are the named recipes "
-                        "(docs/quantization.md); a .json file is your own recipe (default: none)")
+    e.add_argument("--quant", default="none", metavar=QUANT_METAVAR,
+                   help="weight precision: 'none' keeps fp32; int8, int4 and int4-head4 (int4 with a 4-bit LM "
+                        "head: less memory, less quality) are the named recipes (docs/quantization.md); a .json "
+                        "file is your own recipe (default: none)")
     e.add_argument("--max-context", type=int, default=2048, help="KV cache length in tokens (default: 2048)")
     e.add_argument("--prefill-len", type=int, default=128,
                    help="tokens per prefill call of the TFLite graph; longer prompts go in chunks (default: 128)")
@@ -232,7 +235,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("target", nargs="?", help="bundle folder, checkpoint folder, .gguf, or gemma-3-270m")
     f.add_argument("--preset", choices=["gemma-3n-E2B", "gemma-3n-E4B", "gemma-3-270m"],
                    help="a model's real layout, no weights needed (built by transformers: needs edgepack[convert])")
-    f.add_argument("--quant", default="none", metavar="none|int8|int4|RECIPE.json",
+    f.add_argument("--quant", default="none", metavar=QUANT_METAVAR,
                    help="recipe for a checkpoint or preset (default: none)")
     f.add_argument("--format", choices=["litertlm", "onnx"], default="litertlm",
                    help="bundle format for a checkpoint or preset (default: litertlm)")

@@ -47,14 +47,16 @@ def plan_from_layout(family: str, config: dict, shapes: dict[str, tuple[int, ...
 
     recipe = recipes.load(recipe_spec)
     text = _text_tensors(family, config, shapes)
-    plans = {n: quant_plan.decide(n, s, recipe, fmt, storage(n)) for n, s in text.items() if len(s) == 2}
+    plans = quant_plan.plan_all(text, recipe, fmt, storage, family)
     vectors = sum(4 * math.prod(s) for s in text.values() if len(s) != 2)
-    graph = vectors + sum(p.nbytes for n, p in plans.items() if n != PLE_TABLE)
     stores = {}
     if family == "gemma3n":
         stores["per_layer_embeddings"] = _store_spec(plans[PLE_TABLE])
-        if fmt == "litertlm":  # the embedder graph's table; the main graph keeps the tied LM head
-            stores["embeddings"] = _store_spec(plans[EMBEDDING])
+    if quant_plan.head_apart(family, fmt):  # the embedder's table is a row store; the graph keeps the LM head
+        stores["embeddings"] = _store_spec(plans[EMBEDDING])
+    head = plans.get(quant_plan.LM_HEAD, plans.get(EMBEDDING))  # read whole by every decode step
+    graph = vectors + (head.nbytes if head else 0) + sum(
+        p.nbytes for n, p in plans.items() if n not in (PLE_TABLE, EMBEDDING, quant_plan.LM_HEAD))
     owners = _cache_layers(family, config)
     lengths = contract.cache_lengths(contract.layer_types(family, config), owners, int(config.get("sliding_window", 512)),
                                      context, prefill_len if fmt == "litertlm" else 1)

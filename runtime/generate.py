@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 from pathlib import Path
 from typing import Callable, Iterator
@@ -18,7 +17,7 @@ import numpy as np
 from edgepack.bundle import Bundle
 from edgepack.errors import EdgepackError
 from edgepack.footprint import check_fits
-from edgepack.runtime.engines import open_engine
+from edgepack.runtime.engines import open_engine, release_freed_heap
 from edgepack.runtime.row_store import StoreOptions
 from edgepack.runtime.sampling import Sampler, SamplingParams
 
@@ -43,7 +42,7 @@ class Generator:
         self.footprint = check_fits(self.bundle, stores.cache_mb) if memory_check else None
         tok = self.bundle.manifest["tokenizer"]
         self.tokenizer = Tokenizer.from_file(str(self.bundle.file(tok["file"])))
-        _release_freed_heap()  # parsing 262k pieces leaves ~200 MB freed but still mapped
+        release_freed_heap()  # parsing 262k pieces leaves ~200 MB freed but still mapped
         self.bos_id, self.add_bos = int(tok["bos_id"]), bool(tok["add_bos"])
         self.stop_ids = set(int(i) for i in tok["stop_ids"])
         self.chat_template = self.bundle.manifest.get("chat_template")
@@ -111,14 +110,6 @@ class Generator:
     def generate(self, prompt: str, max_new_tokens: int = 128, sampling: SamplingParams | None = None,
                  chat: bool = False) -> str:
         return "".join(self.stream(prompt, max_new_tokens, sampling, chat))
-
-
-def _release_freed_heap() -> None:
-    """Hands glibc's freed heap back to the kernel (a no-op elsewhere)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def check_max_new_tokens(n: int) -> None:

@@ -49,15 +49,31 @@ def test_gemma3n_prediction_matches_hand_computed(preset, layers, ffn, shared):
     assert abs(fp.parts["weights"] / graph - 1.0) < 0.01  # LiteRT's packed weights, mapped from its cache
 
 
-@pytest.mark.parametrize("fmt", ["litertlm", "onnx"])
-def test_plan_before_converting_matches_the_export(fmt, checkpoint, bundle):
-    """What `profile CHECKPOINT --quant int4` plans is what `export --quant int4` writes."""
+def test_a_4bit_lm_head_is_planned_apart_from_the_lookup_table():
+    """int4-head4: in a Gemma 3n .litertlm the LM head's copy of the tied embedding is 4-bit
+    blocks of 32 and the embedder's table stays int8 per row; ONNX stores the table once, at the
+    head's precision."""
+    vocab, hidden = 262_400, 2048
+    fp8, comps8 = plan_from_preset("gemma-3n-E2B", "int4", "litertlm", CONTEXT, 128, "compiled")
+    fp4, comps4 = plan_from_preset("gemma-3n-E2B", "int4-head4", "litertlm", CONTEXT, 128, "compiled")
+    assert comps4["lm_head"]["bytes"] == int4_block32(vocab * hidden)
+    assert comps4["embedding"] == comps8["embedding"]  # the embedder's table: a row store, unchanged
+    assert fp4.parts["row_stores"] == fp8.parts["row_stores"]
+    saved = vocab * hidden + vocab * 4 - int4_block32(vocab * hidden)  # int8 per row -> int4 blocks of 32
+    assert fp8.parts["weights"] - fp4.parts["weights"] == pytest.approx(saved, rel=1e-6)
+    _, onnx4 = plan_from_preset("gemma-3n-E2B", "int4-head4", "onnx", CONTEXT, 128, "onnx")
+    assert "embedding" not in onnx4 and onnx4["lm_head"]["bytes"] == int4_block32(vocab * hidden)
+
+
+@pytest.mark.parametrize("fmt,quant", [("litertlm", "int4"), ("onnx", "int4"), ("litertlm", "int4-head4")])
+def test_plan_before_converting_matches_the_export(fmt, quant, checkpoint, bundle):
+    """What `profile CHECKPOINT --quant RECIPE` plans is what `export --quant RECIPE` writes."""
     from edgepack.bundle import Bundle
     from edgepack.footprint import predict
 
-    fp, comps = plan_from_checkpoint(str(checkpoint("gemma3n_multimodal")), "int4", fmt, 64, 8,
+    fp, comps = plan_from_checkpoint(str(checkpoint("gemma3n_multimodal")), quant, fmt, 64, 8,
                                      "onnx" if fmt == "onnx" else "compiled")
-    b = Bundle(bundle("gemma3n_multimodal", fmt, "int4"))
+    b = Bundle(bundle("gemma3n_multimodal", fmt, quant))
     written = b.manifest["precision"]["components"]
     assert set(comps) == set(written)
     for name, c in comps.items():

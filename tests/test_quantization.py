@@ -111,8 +111,8 @@ def test_onnx_weights_sit_on_their_grid(quant, bundle, checkpoint):
     assert steps and all(np.isfinite(s.logits).all() for s in steps)
 
 
-@pytest.mark.parametrize("quant", ["int8", "int4"])
-@pytest.mark.parametrize("name", ["gemma3", "gemma3n_causal"])
+@pytest.mark.parametrize("name,quant", [(n, q) for n in ("gemma3", "gemma3n_causal") for q in ("int8", "int4")]
+                         + [("gemma3n_causal", "int4-head4")])
 def test_litert_lm_runs_quantized_litertlm_like_edgepack(name, quant, bundle, tmp_path):
     """Google's engine loads the quantized .litertlm unchanged and its greedy tokens are ours, up to
     a near-tie that its fp16 activations may break the other way."""
@@ -155,6 +155,32 @@ def test_litert_lm_runs_quantized_litertlm_like_edgepack(name, quant, bundle, tm
             if rest.startswith(tok.decode(ids[:part] + [int(t)], skip_special_tokens=False)[len(done):] or "\0")]
     assert fits, (f"step {part}: LiteRT-LM went on with {rest!r}; none of our tokens within 0.5 of the top "
                   f"({len(near)}, ours {ids[part]}) starts that")
+
+
+def test_a_4bit_lm_head_leaves_the_lookup_table_8bit(bundle, checkpoint):
+    """int4-head4 on a Gemma 3n .litertlm: the main model's LM head is 4-bit in blocks of 32 (the
+    TFLite schema's INT4 with blockwise scales), on that grid of the checkpoint's tied embedding;
+    the embedder's lookup table, which the runtime memory-maps, stays int8 per row."""
+    from ai_edge_litert import schema_py_generated as tfl
+    from ai_edge_litert.tools import flatbuffer_utils as fb
+
+    from edgepack.bundle import Bundle
+    from edgepack.converters import sources
+
+    b = Bundle(bundle("gemma3n_causal", "litertlm", "int4-head4"))
+    assert b.manifest["row_stores"]["embeddings"]["dtype"] == "int8"
+    report = {t["tensor"]: t for t in json.loads((b.path / "quantization.json").read_text())["tensors"]}
+    assert report["lm_head.weight"]["stored"] == "int4 block 32" and report["lm_head.weight"]["component"] == "lm_head"
+    assert report["model.embed_tokens.weight"]["stored"] == "int8 per-channel"
+    vocab, hidden = sources.open_source(checkpoint("gemma3n_causal")).shapes["model.embed_tokens.weight"]
+    main = b.main_section
+    with open(b.path / "model.litertlm", "rb") as f:
+        f.seek(main["offset"])
+        model = fb.read_model_from_bytearray(bytearray(f.read(main["size"])))
+    heads = [t for sg in model.subgraphs for t in sg.tensors if list(t.shape) == [vocab, hidden]]
+    assert heads and all(t.type == tfl.TensorType.INT4 for t in heads)
+    q = heads[0].quantization
+    assert q.detailsType == tfl.QuantizationDetails.BlockwiseQuantization and q.details.blockSize == 32
 
 
 def test_quantized_ple_rows_match_the_litert_interpreter(bundle, tmp_path):
