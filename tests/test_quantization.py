@@ -172,15 +172,28 @@ def test_a_4bit_lm_head_leaves_the_lookup_table_8bit(bundle, checkpoint):
     report = {t["tensor"]: t for t in json.loads((b.path / "quantization.json").read_text())["tensors"]}
     assert report["lm_head.weight"]["stored"] == "int4 block 32" and report["lm_head.weight"]["component"] == "lm_head"
     assert report["model.embed_tokens.weight"]["stored"] == "int8 per-channel"
-    vocab, hidden = sources.open_source(checkpoint("gemma3n_causal")).shapes["model.embed_tokens.weight"]
+    src = sources.open_source(checkpoint("gemma3n_causal"))
+    table = src.read("model.embed_tokens.weight").astype(np.float32)
     main = b.main_section
     with open(b.path / "model.litertlm", "rb") as f:
         f.seek(main["offset"])
         model = fb.read_model_from_bytearray(bytearray(f.read(main["size"])))
-    heads = [t for sg in model.subgraphs for t in sg.tensors if list(t.shape) == [vocab, hidden]]
-    assert heads and all(t.type == tfl.TensorType.INT4 for t in heads)
-    q = heads[0].quantization
+    heads = [(t, sg) for sg in model.subgraphs for t in sg.tensors if list(t.shape) == list(table.shape)]
+    assert heads and all(t.type == tfl.TensorType.INT4 for t, _ in heads)
+    head, sg = heads[0]
+    q = head.quantization
     assert q.detailsType == tfl.QuantizationDetails.BlockwiseQuantization and q.details.blockSize == 32
+    # codes: signed 4-bit, two to a byte, low nibble first; one float16 scale per block of 32
+    packed = np.asarray(model.buffers[head.buffer].data, np.uint8)
+    codes = np.stack([packed & 15, packed >> 4], -1).reshape(table.shape).astype(np.int8)
+    codes = np.where(codes > 7, codes - 16, codes).astype(np.float32)
+    scales_tensor = sg.tensors[q.details.scales]
+    assert scales_tensor.type == tfl.TensorType.FLOAT16
+    scales = np.frombuffer(bytes(model.buffers[scales_tensor.buffer].data), np.float16).astype(np.float32)
+    step = np.repeat(scales.reshape(len(table), -1), 32, axis=1)
+    # the converter folds the final softcap's 1/30 into the head (logits = 30 tanh(h W^T / 30))
+    want = table / float(src.config["final_logit_softcapping"])
+    assert np.all(np.abs(codes * step - want) <= step * (0.5 + 1e-3))
 
 
 def test_quantized_ple_rows_match_the_litert_interpreter(bundle, tmp_path):
