@@ -40,9 +40,7 @@ def main() -> None:
     threading.Thread(target=sample, daemon=True).start()
     src = sources.open_source(a.checkpoint)
     model, cfg = build_decoder(src, "tflite")
-    plans = plan_weights(model, src, recipes.load(a.quant), "litertlm")
-    if quant_plan.LM_HEAD in plans:  # as export_main: in the main model the tied embedding is the head
-        plans = plans | {quant_plan.EMBEDDING: plans[quant_plan.LM_HEAD]}
+    plans = quant_plan.main_model_plans(plan_weights(model, src, recipes.load(a.quant), "litertlm"))
     opts = ExportOptions(format="litertlm", quant=a.quant, max_context=a.max_context, prefill_len=a.prefill_len)
     lengths = cache_lengths(cfg, opts)
     spec = litertlm_pieces.plan(model, cfg, a.prefill_len, lengths)[-1]

@@ -192,8 +192,7 @@ def export_main(model, cfg, src, plans: dict, prefill_len: int, context: int, le
 
     pieces = []
     quantize = any(p.bits != 32 for p in plans.values())
-    if quant_plan.LM_HEAD in plans:  # here the tied embedding is only the LM head
-        plans = plans | {quant_plan.EMBEDDING: plans[quant_plan.LM_HEAD]}
+    plans = quant_plan.main_model_plans(plans)
     for spec in tqdm(plan(model, cfg, prefill_len, lengths), desc="converting", unit="piece",
                      leave=False, file=progress, disable=None):
         load_weights(model, src, only=set(spec.params), progress=None)

@@ -74,6 +74,12 @@ def plan_all(shapes: dict[str, tuple[int, ...]], recipe: Recipe, fmt: str, stora
     return plans
 
 
+def main_model_plans(plans: dict[str, TensorPlan]) -> dict[str, TensorPlan]:
+    """The plans to quantize a .litertlm's main model with: there the tied embedding is only the
+    LM head, so it takes the head's own plan where it has one."""
+    return plans | {EMBEDDING: plans[LM_HEAD]} if LM_HEAD in plans else plans
+
+
 def decide(name: str, shape: tuple[int, ...], recipe: Recipe, fmt: str, source: str,
            component: str | None = None) -> TensorPlan:
     """`component` overrides the one the tensor's name falls in."""

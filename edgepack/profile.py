@@ -26,7 +26,6 @@ from edgepack.footprint import Footprint, devices, device_budget, estimate, peak
 
 GEMMA_TOKENIZER_BYTES = 14_407_266  # tokenizer.json of Gemma's 262k vocabulary, for presets
 PLE_TABLE = "model.embed_tokens_per_layer.weight"
-EMBEDDING = "model.embed_tokens.weight"
 
 
 def device_engine(fmt: str, device: str | None) -> str:
@@ -53,10 +52,10 @@ def plan_from_layout(family: str, config: dict, shapes: dict[str, tuple[int, ...
     if family == "gemma3n":
         stores["per_layer_embeddings"] = _store_spec(plans[PLE_TABLE])
     if quant_plan.head_apart(family, fmt):  # the embedder's table is a row store; the graph keeps the LM head
-        stores["embeddings"] = _store_spec(plans[EMBEDDING])
-    head = plans.get(quant_plan.LM_HEAD, plans.get(EMBEDDING))  # read whole by every decode step
+        stores["embeddings"] = _store_spec(plans[quant_plan.EMBEDDING])
+    head = plans.get(quant_plan.LM_HEAD, plans.get(quant_plan.EMBEDDING))  # read whole by every decode step
     graph = vectors + (head.nbytes if head else 0) + sum(
-        p.nbytes for n, p in plans.items() if n not in (PLE_TABLE, EMBEDDING, quant_plan.LM_HEAD))
+        p.nbytes for n, p in plans.items() if n not in (PLE_TABLE, quant_plan.EMBEDDING, quant_plan.LM_HEAD))
     owners = _cache_layers(family, config)
     lengths = contract.cache_lengths(contract.layer_types(family, config), owners, int(config.get("sliding_window", 512)),
                                      context, prefill_len if fmt == "litertlm" else 1)
