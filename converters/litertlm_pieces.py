@@ -4,7 +4,8 @@ litert-torch converts float constants: E2B's main graph is 9.6 GB in float32 and
 needs twice that. Converted whole it does not fit a 24 GB machine. Instead each piece (the entry:
 AltUp streams, per-layer inputs, RoPE and masks; one piece per decoder layer; the exit: LM head
 and softcap) is converted with the `prefill_<N>` and `decode` signatures, its weights read from
-the checkpoint just before and quantized by ai-edge-quantizer just after, then dropped. The pieces'
+the checkpoint just before and quantized by ai-edge-quantizer just after (the exit's LM head by
+edgepack, never whole in float: convert_exit), then dropped. The pieces'
 flatbuffers are stitched into the two signatures of one model (converters/tflite_stitch.py):
 the operators a whole-graph conversion gives, plus a few small index and reshape ones it would
 share between layers (tests/test_stitch.py), the weights stored once for both signatures.
@@ -16,10 +17,12 @@ import copy
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from edgepack import contract
+from edgepack.converters import quant_plan
 from edgepack.converters.models import blocks
 from edgepack.converters.tflite_stitch import Piece
 from edgepack.errors import EdgepackError
@@ -183,25 +186,35 @@ def _pruned(module: nn.Module, keep: set[str], prefix: str = "") -> nn.Module:
 def export_main(model, cfg, src, plans: dict, prefill_len: int, context: int, lengths: list[int],
                 work: Path, progress) -> Path:
     """The `prefill_decode` model, converted and quantized a piece at a time: the float weights
-    of one piece (a decoder layer: 240 MB for E2B; the exit's tied embedding: 2.1 GB) at most."""
+    of one piece (a decoder layer: 240 MB for E2B) at most. A quantized LM head (the exit's tied
+    embedding: 2.1 GB in float) is never whole in float (convert_exit); the rest of each piece is
+    quantized by ai-edge-quantizer."""
     from tqdm import tqdm
 
-    from edgepack.converters import quant_plan, tflite_quant
+    from edgepack.converters import tflite_quant
     from edgepack.converters.export import load_weights, unload_weights
     from edgepack.converters.tflite_stitch import stitch
+    from edgepack.runtime.engines import release_freed_heap
 
     pieces = []
     quantize = any(p.bits != 32 for p in plans.values())
     plans = quant_plan.main_model_plans(plans)
+    head = plans[quant_plan.EMBEDDING]
     for spec in tqdm(plan(model, cfg, prefill_len, lengths), desc="converting", unit="piece",
                      leave=False, file=progress, disable=None):
-        load_weights(model, src, only=set(spec.params), progress=None)
-        path = work / f"{spec.name}.tflite"
-        pieces.append(convert(spec, cfg, prefill_len, lengths, context, path))
+        path, rest = work / f"{spec.name}.tflite", list(spec.params)
+        if spec.name == "exit" and head.bits != 32:
+            rest.remove(quant_plan.EMBEDDING)
+            load_weights(model, src, only=set(rest), progress=None)
+            pieces.append(convert_exit(spec, cfg, src, head, prefill_len, lengths, context, path))
+        else:
+            load_weights(model, src, only=set(spec.params), progress=None)
+            pieces.append(convert(spec, cfg, prefill_len, lengths, context, path))
         if quantize:
             params = dict(model.named_parameters())
-            tflite_quant.quantize_file(path, plans, {n: params[n].detach().numpy() for n in spec.params})
-        unload_weights(model, spec.params)
+            tflite_quant.quantize_file(path, plans, {n: params[n].detach().numpy() for n in rest})
+        unload_weights(model, rest)
+        release_freed_heap()  # a conversion's freed heap, else the next piece starts GBs higher
     out = work / "model.tflite"
     stitch(pieces, [contract.prefill_signature(prefill_len), contract.DECODE], out)
     for piece in pieces:
@@ -213,7 +226,6 @@ def export_table_model(module_for, name: str, src, plan, signature: str, out: Pa
     """An embedder model (token ids -> rows of one table) without the float table whole: convert
     and quantize it with the table's first rows, then put the whole table in, quantized per row a
     block of rows at a time with ai-edge-quantizer's own arithmetic (the bytes it would write)."""
-    import numpy as np
     from ai_edge_litert import schema_py_generated as tfl
     from ai_edge_litert.tools import flatbuffer_utils as fb
 
@@ -245,13 +257,105 @@ def export_table_model(module_for, name: str, src, plan, signature: str, out: Pa
     tflite_stitch.write(model, out)
 
 
-def _quantize_rows(rows, bits: int):
-    """Symmetric per-row codes (int4 packed two to a byte) and scales, as ai-edge-quantizer makes them."""
-    import numpy as np
+HEAD_STAND_IN_ROWS = 64
+
+
+def convert_exit(spec: PieceSpec, cfg, src, plan, prefill_len: int, lengths: list[int], context: int,
+                 out: Path) -> Piece:
+    """The exit piece with its LM head quantized, the float head never whole: converted with the
+    tied embedding's first rows standing in for it (litert-torch holds about three float copies
+    of a constant while converting: E2B's export peaked at 9.4 GB on its 2.1 GB head; 2.8 GB this
+    way), then every row rounded in a block at a time (quantize_lm_head). The rest of the piece's
+    weights must be loaded."""
+    name = quant_plan.EMBEDDING
+    stand_in = src.read_rows(name, 0, HEAD_STAND_IN_ROWS) if src.read_rows else src.read(name)[:HEAD_STAND_IN_ROWS]
+    owner, _, attr = name.rpartition(".")
+    params = spec.module.model.get_submodule(owner)._parameters
+    whole, params[attr] = params[attr], nn.Parameter(torch.from_numpy(stand_in), requires_grad=False)
+    try:
+        piece = convert(spec, cfg, prefill_len, lengths, context, out)
+    finally:
+        params[attr] = whole
+    quantize_lm_head(out, plan, src, stand_in, cfg.final_logit_softcapping)
+    return piece
+
+
+def quantize_lm_head(path: Path, plan, src, stand_in, softcap: float | None) -> None:
+    """Put the whole LM head into a piece converted with `stand_in` rows of it, quantized a block of
+    rows at a time: the weight and the logits it feeds (elementwise softcap ops) get the vocabulary's
+    size. The converter folds the softcap's 1/cap into a head of the stand-in's size (not into a
+    full-size one, where it stays a MUL after the head: the same logits up to rounding); the fold
+    is found bit for bit on the stand-in and applied to every row. The codes are ai-edge-quantizer's
+    (tests/test_quantization.py compares the piece with its output)."""
+    from ai_edge_litert import schema_py_generated as tfl
+    from ai_edge_litert.tools import flatbuffer_utils as fb
+
+    from edgepack.converters import tflite_stitch
+
+    name, ops = quant_plan.EMBEDDING, tfl.BuiltinOperator
+    rows, width = src.shapes[name] if name in src.shapes else src.read(name).shape
+    model = fb.read_model(str(path))
+    g = model.subgraphs[0]
+    fcs = [op for op in g.operators if model.operatorCodes[op.opcodeIndex].builtinCode == ops.FULLY_CONNECTED
+           and list(g.tensors[op.inputs[1]].shape) == list(stand_in.shape)]
+    if len(fcs) != 1 or g.tensors[fcs[0].inputs[1]].type != tfl.TensorType.FLOAT32:
+        raise EdgepackError(f"internal error: {path.name} has no single float {len(stand_in)}-row LM head")
+    t = g.tensors[fcs[0].inputs[1]]
+    folded = np.frombuffer(model.buffers[t.buffer].data, np.float32).reshape(stand_in.shape)
+    fold = next((f for f in _FOLDS if np.array_equal(f(stand_in, softcap), folded)), None)
+    if fold is None:
+        raise EdgepackError(f"internal error: {path.name}: the LM head is not the embedding over the softcap")
+    grown = {fcs[0].outputs[0]}  # the logits and the elementwise softcap ops after the head
+    for op in g.operators:
+        if any(i in grown for i in op.inputs):
+            grown.update(o for o in op.outputs if list(g.tensors[o].shape)[-1:] == [len(stand_in)])
+    for i in grown:
+        for attr in ("shape", "shapeSignature"):
+            dims = getattr(g.tensors[i], attr)
+            if dims is not None and len(dims):
+                setattr(g.tensors[i], attr, [*dims[:-1], rows])
+    codes, scales = zip(*(_quantize_rows(fold(chunk, softcap), plan.bits, plan.block) for chunk in src.row_chunks(name)))
+    t.shape = [rows, width]
+    model.buffers[t.buffer].data = np.concatenate(codes)
+    t.type = tfl.TensorType.INT4 if plan.bits == 4 else tfl.TensorType.INT8
+    q = t.quantization = tfl.QuantizationParametersT()
+    q.quantizedDimension = 0
+    if plan.block:  # the scales are a float16 tensor of their own, as ai-edge-quantizer stores them
+        model.buffers.append(tfl.BufferT())
+        model.buffers[-1].data = np.concatenate(scales).astype(np.float16).view(np.uint8).reshape(-1)
+        s = tfl.TensorT()
+        s.name, s.type, s.buffer = t.name + b"_scales", tfl.TensorType.FLOAT16, len(model.buffers) - 1
+        s.shape = [rows, width // plan.block]
+        g.tensors.append(s)
+        q.detailsType = tfl.QuantizationDetails.BlockwiseQuantization
+        q.details = tfl.BlockwiseQuantizationT()
+        q.details.scales, q.details.zeroPoints, q.details.blockSize = len(g.tensors) - 1, -1, plan.block
+    else:
+        q.scale = np.concatenate(scales).astype(np.float32)
+        q.zeroPoint = np.zeros(rows, np.int64)
+    tflite_stitch.write(model, path)
+
+
+# How the converter may have folded logits / cap into the head's float32 rows.
+_FOLDS = (lambda w, cap: w if cap is None else w / np.float32(cap),
+          lambda w, cap: w if cap is None else w * (np.float32(1) / np.float32(cap)))
+
+
+def _quantize_rows(rows, bits: int, block: int = 0):
+    """Symmetric codes (int4 packed two to a byte) and scales, per row or per block of `block`
+    columns of a row, as ai-edge-quantizer makes them (blockwise scales: float16 of bfloat16)."""
     from ai_edge_quantizer import qtyping
     from ai_edge_quantizer.algorithms.uniform_quantize import uniform_quantize_tensor as uq
     from ai_edge_quantizer.transformations.transformation_utils import pack_data
 
+    rows = np.asarray(rows, np.float32)
+    if block:
+        blocks = rows.reshape(len(rows), -1, block)
+        zp, scale = uq.tensor_zp_scale_from_min_max(blocks.min(2), blocks.max(2), bits, True,
+                                                    qtyping.QuantGranularity(f"BLOCKWISE_{block}"))
+        params = qtyping.UniformQuantParams(num_bits=bits, quantized_dimension=1, scale=scale, zero_point=zp,
+                                            symmetric=True, block_size=block)
+        return pack_data(bits, uq.uniform_quantize(rows, params, is_blockwise_quant=True)), scale
     zp, scale = uq.tensor_zp_scale_from_min_max(rows.min(1, keepdims=True), rows.max(1, keepdims=True), bits,
                                                 True, qtyping.QuantGranularity.CHANNELWISE)
     params = qtyping.UniformQuantParams(num_bits=bits, quantized_dimension=0, scale=scale, zero_point=zp,

@@ -196,6 +196,66 @@ def test_a_4bit_lm_head_leaves_the_lookup_table_8bit(bundle, checkpoint):
     assert np.all(np.abs(codes * step - want) <= step * (0.5 + 1e-3))
 
 
+def _tflite_contents(path) -> dict:
+    """Every tensor of a .tflite by name (shapes, type, quantization, bytes) and every operator (code,
+    version, options, tensor names): what two files that should be the same model must share."""
+    from ai_edge_litert.tools import flatbuffer_utils as fb
+
+    model = fb.read_model(str(path))
+    out = {}
+    for n, g in enumerate(model.subgraphs):
+        name = [t.name for t in g.tensors]
+        for t in g.tensors:
+            q, data = t.quantization, model.buffers[t.buffer].data
+            quant = None if q is None else (
+                None if q.scale is None else np.asarray(q.scale).tobytes(),
+                None if q.zeroPoint is None else np.asarray(q.zeroPoint).tolist(),
+                q.quantizedDimension, q.detailsType,
+                None if q.details is None else (name[q.details.scales], q.details.zeroPoints, q.details.blockSize))
+            sig = None if t.shapeSignature is None else list(t.shapeSignature)
+            out[n, t.name] = (list(t.shape), sig, t.type, quant, None if data is None else bytes(data))
+        for i, op in enumerate(g.operators):
+            code = model.operatorCodes[op.opcodeIndex]
+            options = {k: np.asarray(v).tolist() for k, v in vars(op.builtinOptions).items()} if op.builtinOptions else None
+            out[n, i] = (code.builtinCode, code.version, op.builtinOptionsType, options,
+                         [name[k] if k >= 0 else None for k in op.inputs], [name[k] for k in op.outputs])
+    return out
+
+
+@pytest.mark.parametrize("quant", ["int4", "int4-head4"])
+def test_lm_head_rounded_in_row_blocks_is_what_ai_edge_quantizer_writes(quant, checkpoint, tmp_path):
+    """The Gemma 3n .litertlm exit piece as edgepack makes it (converted with 64 rows of the tied
+    embedding standing in for the LM head, then every row rounded in a block at a time: the float
+    head whole costs E2B's export GBs) is tensor for tensor and byte for byte the piece converted
+    with the whole head and quantized by ai-edge-quantizer: int8 per channel (int4), int4 in blocks
+    of 32 with float16 scales (int4-head4). (At full size the converter no longer folds the
+    softcap's 1/30 into a head that large and keeps it as a MUL after the head; the stand-in
+    piece always has it folded, as here: docs/full-size.md compares the two at E2B size.)"""
+    from edgepack.converters import litertlm_pieces, quant_plan, recipes, sources, tflite_quant
+    from edgepack.converters.export import ExportOptions, build_decoder, cache_lengths, load_weights, plan_weights
+
+    src = sources.open_source(checkpoint("gemma3n_causal"))
+    model, cfg = build_decoder(src, "tflite")
+    plans = quant_plan.main_model_plans(plan_weights(model, src, recipes.load(quant), "litertlm"))
+    opts = ExportOptions(format="litertlm", quant=quant, max_context=64, prefill_len=8)
+    lengths = cache_lengths(cfg, opts)
+    spec = litertlm_pieces.plan(model, cfg, opts.prefill_len, lengths)[-1]
+    ours, theirs = tmp_path / "ours.tflite", tmp_path / "theirs.tflite"
+    head = plans[quant_plan.EMBEDDING]
+    load_weights(model, src, only=set(spec.params) - {quant_plan.EMBEDDING}, progress=None)
+    litertlm_pieces.convert_exit(spec, cfg, src, head, opts.prefill_len, lengths, opts.max_context, ours)
+    load_weights(model, src, only=set(spec.params), progress=None)
+    litertlm_pieces.convert(spec, cfg, opts.prefill_len, lengths, opts.max_context, theirs)
+    weights = {quant_plan.EMBEDDING: dict(model.named_parameters())[quant_plan.EMBEDDING].detach().numpy()}
+    assert tflite_quant.quantize_file(theirs, plans, weights) == 1
+    a, b = _tflite_contents(ours), _tflite_contents(theirs)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key] == b[key], key
+    assert head.precision() == ("int4 block 32" if quant == "int4-head4" else "int8 per-channel")
+    assert cfg.vocab_size > litertlm_pieces.HEAD_STAND_IN_ROWS
+
+
 def test_quantized_ple_rows_match_the_litert_interpreter(bundle, tmp_path):
     """The int4 per-layer table our runtime memory-maps from the .litertlm dequantizes to exactly
     what the LiteRT interpreter computes running that section's graph."""

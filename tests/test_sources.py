@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from edgepack.converters import quantize
+from edgepack.converters import quantize, safetensors_file
 from edgepack.converters.safetensors_file import SafetensorsFile
 from edgepack.errors import EdgepackError
 
@@ -28,7 +28,10 @@ def shard(tmp_path):
     return path
 
 
-def test_reader_matches_the_safetensors_library(shard):
+@pytest.mark.parametrize("block", [None, 100])  # bf16 read a block at a time: whole, or 100 values
+def test_reader_matches_the_safetensors_library(shard, block, monkeypatch):
+    if block:
+        monkeypatch.setattr(safetensors_file, "_BLOCK", block)
     ours, ref = SafetensorsFile(shard), safe_open(str(shard), framework="pt")
     assert sorted(ours.tensors) == sorted(ref.keys())
     for name in ref.keys():
