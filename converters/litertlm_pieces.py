@@ -296,16 +296,19 @@ def quantize_lm_head(path: Path, plan, src, stand_in, softcap: float | None) -> 
     rows, width = src.shapes[name] if name in src.shapes else src.read(name).shape
     model = fb.read_model(str(path))
     g = model.subgraphs[0]
-    fcs = [op for op in g.operators if model.operatorCodes[op.opcodeIndex].builtinCode == ops.FULLY_CONNECTED
-           and list(g.tensors[op.inputs[1]].shape) == list(stand_in.shape)]
-    if len(fcs) != 1 or g.tensors[fcs[0].inputs[1]].type != tfl.TensorType.FLOAT32:
-        raise EdgepackError(f"internal error: {path.name} has no single float {len(stand_in)}-row LM head")
-    t = g.tensors[fcs[0].inputs[1]]
-    folded = np.frombuffer(model.buffers[t.buffer].data, np.float32).reshape(stand_in.shape)
-    fold = next((f for f in _FOLDS if np.array_equal(f(stand_in, softcap), folded)), None)
-    if fold is None:
-        raise EdgepackError(f"internal error: {path.name}: the LM head is not the embedding over the softcap")
-    grown = {fcs[0].outputs[0]}  # the logits and the elementwise softcap ops after the head
+    heads = []  # (op, fold): the fully connected op whose weight is the stand-in, folded
+    for op in g.operators:
+        w = g.tensors[op.inputs[1]] if len(op.inputs) > 1 else None
+        if (model.operatorCodes[op.opcodeIndex].builtinCode != ops.FULLY_CONNECTED
+                or list(w.shape) != list(stand_in.shape) or w.type != tfl.TensorType.FLOAT32):
+            continue  # (a hidden size equal to the stand-in's rows gives other square weights)
+        data = np.frombuffer(model.buffers[w.buffer].data, np.float32).reshape(stand_in.shape)
+        heads += [(op, f) for f in _FOLDS if np.array_equal(f(stand_in, softcap), data)][:1]
+    if len(heads) != 1:
+        raise EdgepackError(f"internal error: {path.name} has no single LM head made of the stand-in rows")
+    (head, fold), = heads
+    t = g.tensors[head.inputs[1]]
+    grown = {head.outputs[0]}  # the logits and the elementwise softcap ops after the head
     for op in g.operators:
         if any(i in grown for i in op.inputs):
             grown.update(o for o in op.outputs if list(g.tensors[o].shape)[-1:] == [len(stand_in)])
