@@ -28,6 +28,7 @@ from edgepack.converters.tflite_stitch import Piece
 from edgepack.errors import EdgepackError
 
 _KINDS = ("full_attention", "sliding_attention")
+STAND_IN_ROWS = 64  # a table's rows a model is converted with before the whole table is put in
 
 
 class Entry(nn.Module):
@@ -203,13 +204,12 @@ def export_main(model, cfg, src, plans: dict, prefill_len: int, context: int, le
     for spec in tqdm(plan(model, cfg, prefill_len, lengths), desc="converting", unit="piece",
                      leave=False, file=progress, disable=None):
         path, rest = work / f"{spec.name}.tflite", list(spec.params)
-        if spec.name == "exit" and head.bits != 32:
+        head_apart = spec.name == "exit" and head.bits != 32
+        if head_apart:
             rest.remove(quant_plan.EMBEDDING)
-            load_weights(model, src, only=set(rest), progress=None)
-            pieces.append(convert_exit(spec, cfg, src, head, prefill_len, lengths, context, path))
-        else:
-            load_weights(model, src, only=set(spec.params), progress=None)
-            pieces.append(convert(spec, cfg, prefill_len, lengths, context, path))
+        load_weights(model, src, only=set(rest), progress=None)
+        pieces.append(convert_exit(spec, cfg, src, head, prefill_len, lengths, context, path) if head_apart
+                      else convert(spec, cfg, prefill_len, lengths, context, path))
         if quantize:
             params = dict(model.named_parameters())
             tflite_quant.quantize_file(path, plans, {n: params[n].detach().numpy() for n in rest})
@@ -231,8 +231,8 @@ def export_table_model(module_for, name: str, src, plan, signature: str, out: Pa
 
     from edgepack.converters import litertlm_export as lx, tflite_quant, tflite_stitch
 
-    rows, width = src.shapes[name] if name in src.shapes else src.read(name).shape
-    head = np.ascontiguousarray(next(iter(src.row_chunks(name, max_bytes=64 * 4 * width)))[:64])
+    width = _shape(src, name)[1]
+    head = _first_rows(src, name, STAND_IN_ROWS)
     lx.convert_single(module_for(torch.from_numpy(head)), signature, out)
     if plan.bits != 32:
         tflite_quant.quantize_file(out, {name: plan}, {name: head})
@@ -243,21 +243,8 @@ def export_table_model(module_for, name: str, src, plan, signature: str, out: Pa
     table = g.tensors[lookups[0].inputs[1]]
     if len(lookups) != 1 or list(table.shape) != [len(head), width]:
         raise EdgepackError(f"internal error: {signature} model has no single {len(head)}-row lookup table")
-    codes, scales = [], []
-    for chunk in src.row_chunks(name):
-        q, s = _quantize_rows(chunk, plan.bits) if plan.bits != 32 else (chunk.astype(np.float32), None)
-        codes.append(q.reshape(-1).view(np.uint8))
-        if s is not None:
-            scales.append(s)
-    table.shape = np.array([rows, width], np.int32)
-    model.buffers[table.buffer].data = np.concatenate(codes)
-    if scales:
-        table.quantization.scale = np.concatenate(scales).astype(np.float32)
-        table.quantization.zeroPoint = np.zeros(rows, np.int64)
+    _put_rows(model, g, table, src.row_chunks(name), plan.bits, block=0)  # the row store reads rows
     tflite_stitch.write(model, out)
-
-
-HEAD_STAND_IN_ROWS = 64
 
 
 def convert_exit(spec: PieceSpec, cfg, src, plan, prefill_len: int, lengths: list[int], context: int,
@@ -268,7 +255,7 @@ def convert_exit(spec: PieceSpec, cfg, src, plan, prefill_len: int, lengths: lis
     way), then every row rounded in a block at a time (quantize_lm_head). The rest of the piece's
     weights must be loaded."""
     name = quant_plan.EMBEDDING
-    stand_in = src.read_rows(name, 0, HEAD_STAND_IN_ROWS) if src.read_rows else src.read(name)[:HEAD_STAND_IN_ROWS]
+    stand_in = _first_rows(src, name, STAND_IN_ROWS)
     owner, _, attr = name.rpartition(".")
     params = spec.module.model.get_submodule(owner)._parameters
     whole, params[attr] = params[attr], nn.Parameter(torch.from_numpy(stand_in), requires_grad=False)
@@ -293,7 +280,7 @@ def quantize_lm_head(path: Path, plan, src, stand_in, softcap: float | None) -> 
     from edgepack.converters import tflite_stitch
 
     name, ops = quant_plan.EMBEDDING, tfl.BuiltinOperator
-    rows, width = src.shapes[name] if name in src.shapes else src.read(name).shape
+    rows = _shape(src, name)[0]
     model = fb.read_model(str(path))
     g = model.subgraphs[0]
     heads = []  # (op, fold): the fully connected op whose weight is the stand-in, folded
@@ -317,31 +304,58 @@ def quantize_lm_head(path: Path, plan, src, stand_in, softcap: float | None) -> 
             dims = getattr(g.tensors[i], attr)
             if dims is not None and len(dims):
                 setattr(g.tensors[i], attr, [*dims[:-1], rows])
-    codes, scales = zip(*(_quantize_rows(fold(chunk, softcap), plan.bits, plan.block) for chunk in src.row_chunks(name)))
-    t.shape = [rows, width]
-    model.buffers[t.buffer].data = np.concatenate(codes)
-    t.type = tfl.TensorType.INT4 if plan.bits == 4 else tfl.TensorType.INT8
-    q = t.quantization = tfl.QuantizationParametersT()
-    q.quantizedDimension = 0
-    if plan.block:  # the scales are a float16 tensor of their own, as ai-edge-quantizer stores them
-        model.buffers.append(tfl.BufferT())
-        model.buffers[-1].data = np.concatenate(scales).astype(np.float16).view(np.uint8).reshape(-1)
-        s = tfl.TensorT()
-        s.name, s.type, s.buffer = t.name + b"_scales", tfl.TensorType.FLOAT16, len(model.buffers) - 1
-        s.shape = [rows, width // plan.block]
-        g.tensors.append(s)
-        q.detailsType = tfl.QuantizationDetails.BlockwiseQuantization
-        q.details = tfl.BlockwiseQuantizationT()
-        q.details.scales, q.details.zeroPoints, q.details.blockSize = len(g.tensors) - 1, -1, plan.block
-    else:
-        q.scale = np.concatenate(scales).astype(np.float32)
-        q.zeroPoint = np.zeros(rows, np.int64)
+    _put_rows(model, g, t, (fold(chunk, softcap) for chunk in src.row_chunks(name)), plan.bits, plan.block)
     tflite_stitch.write(model, path)
 
 
 # How the converter may have folded logits / cap into the head's float32 rows.
 _FOLDS = (lambda w, cap: w if cap is None else w / np.float32(cap),
           lambda w, cap: w if cap is None else w * (np.float32(1) / np.float32(cap)))
+
+
+def _shape(src, name: str) -> tuple[int, ...]:
+    return tuple(src.shapes[name]) if name in src.shapes else src.read(name).shape
+
+
+def _first_rows(src, name: str, n: int) -> np.ndarray:
+    """A 2-D checkpoint tensor's first n rows as float32, read without the rest."""
+    width = _shape(src, name)[1]
+    return np.ascontiguousarray(next(iter(src.row_chunks(name, max_bytes=n * 4 * width)))[:n])
+
+
+def _put_rows(model, g, t, chunks, bits: int, block: int) -> None:
+    """Tensor `t` of subgraph `g` becomes the table whose float32 row blocks `chunks` yields: as
+    float32, or as ai-edge-quantizer stores it quantized (codes; scales per row, or per block of
+    `block` columns in a float16 tensor of their own)."""
+    from ai_edge_litert import schema_py_generated as tfl
+
+    codes, scales, rows = [], [], 0
+    for chunk in chunks:
+        q, s = _quantize_rows(chunk, bits, block) if bits != 32 else (chunk.astype(np.float32), None)
+        codes.append(q.reshape(-1).view(np.uint8))
+        scales.append(s)
+        rows += len(chunk)
+    width = int(t.shape[1])
+    t.shape = [rows, width]
+    model.buffers[t.buffer].data = np.concatenate(codes)
+    if bits == 32:
+        return
+    t.type = tfl.TensorType.INT4 if bits == 4 else tfl.TensorType.INT8
+    q = t.quantization = tfl.QuantizationParametersT()
+    q.quantizedDimension = 0
+    if block:
+        model.buffers.append(tfl.BufferT())
+        model.buffers[-1].data = np.concatenate(scales).astype(np.float16).view(np.uint8).reshape(-1)
+        s = tfl.TensorT()
+        s.name, s.type, s.buffer = t.name + b"_scales", tfl.TensorType.FLOAT16, len(model.buffers) - 1
+        s.shape = [rows, width // block]
+        g.tensors.append(s)
+        q.detailsType = tfl.QuantizationDetails.BlockwiseQuantization
+        q.details = tfl.BlockwiseQuantizationT()
+        q.details.scales, q.details.zeroPoints, q.details.blockSize = len(g.tensors) - 1, -1, block
+    else:
+        q.scale = np.concatenate(scales).astype(np.float32)
+        q.zeroPoint = np.zeros(rows, np.int64)
 
 
 def _quantize_rows(rows, bits: int, block: int = 0):

@@ -253,7 +253,7 @@ def test_lm_head_rounded_in_row_blocks_is_what_ai_edge_quantizer_writes(quant, c
     for key in a:
         assert a[key] == b[key], key
     assert head.precision() == ("int4 block 32" if quant == "int4-head4" else "int8 per-channel")
-    assert cfg.vocab_size > litertlm_pieces.HEAD_STAND_IN_ROWS
+    assert cfg.vocab_size > litertlm_pieces.STAND_IN_ROWS
 
 
 def test_quantized_ple_rows_match_the_litert_interpreter(bundle, tmp_path):
