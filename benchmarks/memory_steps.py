@@ -32,10 +32,11 @@ def main() -> None:
     from tokenizers import Tokenizer
 
     from edgepack.bundle import Bundle
-    from edgepack.runtime.engines import open_engine, release_freed_heap
+    from edgepack.runtime.engines import open_engine
+    from edgepack.system import release_freed_heap
     rows.append(("imports", resident()))
     b = Bundle(a.bundle)
-    tok = Tokenizer.from_file(str(b.file(b.manifest["tokenizer"]["file"])))
+    tok = Tokenizer.from_file(str(b.file(b.plan.tokenizer.file)))
     release_freed_heap()  # as Generator does
     rows.append(("tokenizer", resident()))
     engine = open_engine(b, a.threads)

@@ -27,11 +27,13 @@ SHAPES = {"gemma-3n-E2B": (262_144, 30 * 256), "gemma-3n-E4B": (262_144, 35 * 25
 CHILD = """
 import json, sys
 import numpy as np
+from edgepack.plan import RowStore as Spec
 from edgepack.runtime.row_store import RowStore
-spec = json.loads(sys.argv[1]); folder = sys.argv[2]; prompt, gen = int(sys.argv[3]), int(sys.argv[4])
+raw = json.loads(sys.argv[1]); folder = sys.argv[2]; prompt, gen = int(sys.argv[3]), int(sys.argv[4])
+spec = Spec(**raw)
 rng = np.random.default_rng(0)
-ids = np.minimum(rng.zipf(1.2, prompt + gen) + 10, spec["shape"][0] - 1).astype(np.int64)
-store = RowStore(__import__("pathlib").Path(folder), spec)
+ids = np.minimum(rng.zipf(1.2, prompt + gen) + 10, spec.rows - 1).astype(np.int64)
+store = RowStore(__import__("pathlib").Path(folder) / spec.file, spec)
 store.gather(ids[:prompt])
 for i in ids[prompt:]:
     store.gather(ids[None, 0] * 0 + i)
@@ -39,7 +41,7 @@ res = 0; cur = False
 for line in open("/proc/self/smaps"):
     f = line.split()
     if not f[0].endswith(":"):
-        cur = line.rstrip().endswith(spec["file"])
+        cur = line.rstrip().endswith(spec.file)
     elif f[0] == "Rss:" and cur:
         res += int(f[1]) * 1024
 print(json.dumps({"resident": res, "distinct": int(len(set(ids.tolist())))}))

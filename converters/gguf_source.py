@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepack.converters.sources import Source
+from edgepack.converters import families
+from edgepack.converters.source import Source
 from edgepack.errors import EdgepackError
 
 _LAYER_NAMES = {
@@ -95,7 +96,7 @@ def open_gguf(path: Path) -> Source:
         w = w.reshape([int(d) for d in reversed(t.shape.tolist())])
         return w - 1.0 if name.endswith("norm.weight") else w
 
-    return Source(path, "gemma3", "Gemma3ForCausalLM (GGUF)", config, read, _tokenizer_json(path),
+    return Source(path, families.get("gemma3"), "Gemma3ForCausalLM (GGUF)", config, read, _tokenizer_json(path),
                   _field(reader, "tokenizer.chat_template"), [], "gguf",
                   storage=lambda name: tensors[name].tensor_type.name, raw=lambda name: tensors[name],
                   shapes={n: tuple(int(d) for d in reversed(t.shape.tolist())) for n, t in tensors.items()})

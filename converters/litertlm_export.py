@@ -22,7 +22,9 @@ from edgepack import contract
 from edgepack.errors import EdgepackError
 
 
-def sample_inputs(cfg, length: int, context: int, lengths: list[int], embeddings: bool) -> dict:
+def sample_inputs(cfg, length: int, context: int, lengths: list[int], embeddings: bool, per_layer: bool) -> dict:
+    """Zeros of every input of a `length`-token call: token ids or embeddings, per-layer embeddings
+    when the family's graph takes them (models/family.py), positions, mask and caches."""
     shapes = contract.cache_shapes(cfg.cache_layers, cfg.num_key_value_heads, lengths, cfg.head_dim)
     # nested under "kv_cache", "k_0" flattens to the signature name "kv_cache_k_0"
     kv = {name.removeprefix("kv_cache_"): torch.zeros(shape) for name, shape in shapes.items()}
@@ -32,28 +34,29 @@ def sample_inputs(cfg, length: int, context: int, lengths: list[int], embeddings
         inputs["embeddings"] = torch.zeros(1, length, cfg.hidden_size)
     else:
         inputs["tokens"] = torch.ones(1, length, dtype=torch.int32)
-    if hasattr(cfg, "hidden_size_per_layer_input"):
+    if per_layer:
         inputs["per_layer_embeddings"] = torch.zeros(
             1, length, cfg.num_hidden_layers, cfg.hidden_size_per_layer_input
         )
     return inputs
 
 
-def convert_main(model, cfg, prefill_len: int, context: int, lengths: list[int], out: Path) -> None:
+def convert_main(model, cfg, prefill_len: int, context: int, lengths: list[int], out: Path, embeddings: bool,
+                 per_layer: bool) -> None:
     """`prefill_<N>` (caches only: LiteRT-LM samples from `decode`) and `decode` (caches + logits),
     the whole float graph at once: Gemma 3 (the 270M converts in 6 GB). Gemma 3n goes a piece at a
     time instead (litertlm_pieces.py); test_stitch compares the two."""
     import litert_torch
 
-    embeddings = hasattr(cfg, "hidden_size_per_layer_input")  # Gemma 3n: external embedder
     prefill = copy.copy(model)  # shares the parameters, so both signatures share the weights
     prefill.emit_logits = False
     edge = (
         litert_torch.signature(
             contract.prefill_signature(prefill_len), prefill,
-            sample_kwargs=sample_inputs(cfg, prefill_len, context, lengths, embeddings),
+            sample_kwargs=sample_inputs(cfg, prefill_len, context, lengths, embeddings, per_layer),
         )
-        .signature(contract.DECODE, model, sample_kwargs=sample_inputs(cfg, 1, context, lengths, embeddings))
+        .signature(contract.DECODE, model,
+                   sample_kwargs=sample_inputs(cfg, 1, context, lengths, embeddings, per_layer))
         .convert()
     )
     edge.export(str(out))
@@ -66,7 +69,7 @@ def convert_single(module: torch.nn.Module, signature: str, out: Path) -> None:
     litert_torch.signature(signature, module, sample_kwargs=sample).convert().export(str(out))
 
 
-def llm_metadata(family: str, bos: int, stop_ids: list[int], max_tokens: int, chat_template: str | None):
+def llm_metadata(model_type: str, bos: int, stop_ids: list[int], max_tokens: int, chat_template: str | None):
     from litert_lm_builder.runtime.proto import llm_metadata_pb2, llm_model_type_pb2
 
     md = llm_metadata_pb2.LlmMetadata()
@@ -74,16 +77,15 @@ def llm_metadata(family: str, bos: int, stop_ids: list[int], max_tokens: int, ch
     for i in stop_ids:
         md.stop_tokens.add().token_ids.ids.append(i)
     md.max_num_tokens = max_tokens
-    if family == "gemma3n":
-        md.llm_model_type.CopyFrom(llm_model_type_pb2.LlmModelType(gemma3n=llm_model_type_pb2.Gemma3N()))
-    else:
-        md.llm_model_type.CopyFrom(llm_model_type_pb2.LlmModelType(gemma3=llm_model_type_pb2.Gemma3()))
+    # the LlmModelType field named after the family, holding its (empty) message
+    field = llm_model_type_pb2.LlmModelType.DESCRIPTOR.fields_by_name[model_type]
+    md.llm_model_type.CopyFrom(llm_model_type_pb2.LlmModelType(**{model_type: getattr(llm_model_type_pb2, field.message_type.name)()}))
     if chat_template:
         md.jinja_prompt_template = chat_template
     return md
 
 
-def package(out: Path, work: Path, family: str, tokenizer_json: Path, metadata, models: dict[str, Path]) -> None:
+def package(out: Path, work: Path, tokenizer_json: Path, metadata, models: dict[str, Path]) -> None:
     from litert_lm_builder import litertlm_builder as lb
 
     md_path = work / "llm_metadata.pb"

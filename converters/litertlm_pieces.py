@@ -130,7 +130,7 @@ def sample_inputs(spec: PieceSpec, cfg, length: int, lengths: list[int], context
     """Zeros of each input's shape for a `length`-token call."""
     from edgepack.converters.litertlm_export import sample_inputs as model_inputs
 
-    model = model_inputs(cfg, length, context, lengths, embeddings=True)
+    model = model_inputs(cfg, length, context, lengths, embeddings=True, per_layer=True)
     caches = {contract.k_cache_name(i): model["kv_cache"][f"k_{i}"] for i in cfg.cache_layers}
     caches |= {contract.v_cache_name(i): model["kv_cache"][f"v_{i}"] for i in cfg.cache_layers}
     n, d = cfg.altup_num_inputs, cfg.head_dim
@@ -193,9 +193,9 @@ def export_main(model, cfg, src, plans: dict, prefill_len: int, context: int, le
     from tqdm import tqdm
 
     from edgepack.converters import tflite_quant
-    from edgepack.converters.export import load_weights, unload_weights
+    from edgepack.converters.decoder import load_weights, unload_weights
     from edgepack.converters.tflite_stitch import stitch
-    from edgepack.runtime.engines import release_freed_heap
+    from edgepack.system import release_freed_heap
 
     pieces = []
     quantize = any(p.bits != 32 for p in plans.values())

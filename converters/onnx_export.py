@@ -18,22 +18,25 @@ from edgepack import contract
 from edgepack.converters import onnx_quant
 
 
+STACK_TRACE = "pkg.torch.onnx.stack_trace"
+
+
 class _FlatSignature(torch.nn.Module):
     """Positional, flat inputs so the ONNX graph gets exactly the contract's names."""
 
-    def __init__(self, model, cache_layers: list[int], gemma3n: bool):
+    def __init__(self, model, cache_layers: list[int], per_layer: bool):
         super().__init__()
-        self.model, self.cache_layers, self.gemma3n = model, cache_layers, gemma3n
+        self.model, self.cache_layers, self.per_layer = model, cache_layers, per_layer
 
     def forward(self, tokens, *rest):
-        if self.gemma3n:
+        if self.per_layer:
             per_layer_embeddings, input_pos, mask, *caches = rest
         else:
             input_pos, mask, *caches = rest
         kv = {}
         for j, i in enumerate(self.cache_layers):
             kv[f"k_{i}"], kv[f"v_{i}"] = caches[2 * j], caches[2 * j + 1]
-        if self.gemma3n:
+        if self.per_layer:
             out = self.model(per_layer_embeddings, input_pos, mask, kv, tokens=tokens)
         else:
             out = self.model(tokens, input_pos, mask, kv)
@@ -44,14 +47,14 @@ def output_names(cache_layers: list[int]) -> list[str]:
     return ["logits"] + [contract.kv_slice_name(n) for n in contract.cache_names(cache_layers)]
 
 
-def export(model, cfg, context: int, lengths: list[int], out: Path) -> None:
-    gemma3n = hasattr(cfg, "hidden_size_per_layer_input")
-    flat = _FlatSignature(model, cfg.cache_layers, gemma3n).eval()
+def export(model, cfg, context: int, lengths: list[int], out: Path, per_layer: bool) -> None:
+    """The graph with `per_layer`: the family's per-layer embeddings as an input (models/family.py)."""
+    flat = _FlatSignature(model, cfg.cache_layers, per_layer).eval()
     t = 3  # any length > 1, so the exporter keeps the sequence dimension symbolic
     pos = torch.arange(t, dtype=torch.int32)
     args = [torch.ones(1, t, dtype=torch.int32)]
     names = ["tokens"]
-    if gemma3n:
+    if per_layer:
         args.append(torch.zeros(1, t, cfg.num_hidden_layers, cfg.hidden_size_per_layer_input))
         names.append("per_layer_embeddings")
     args += [pos, torch.from_numpy(contract.causal_mask(pos.numpy(), context))]
@@ -62,7 +65,7 @@ def export(model, cfg, context: int, lengths: list[int], out: Path) -> None:
 
     seq = torch.export.Dim("seq", min=1, max=context)
     dyn = {"tokens": {1: seq}, "input_pos": {0: seq}, "mask": {2: seq}}
-    if gemma3n:
+    if per_layer:
         dyn["per_layer_embeddings"] = {1: seq}
     dynamic_shapes = [dyn.get(name) for name in names]
     rest_shapes = (dynamic_shapes[0], tuple(dynamic_shapes[1:]))
@@ -73,4 +76,15 @@ def export(model, cfg, context: int, lengths: list[int], out: Path) -> None:
             dynamic_shapes=rest_shapes, optimize=True, verbose=False,
             custom_translation_table=onnx_quant.TRANSLATIONS,
         )
+    _drop_stack_traces(program.model)
     program.save(str(out), external_data=True)
+
+
+def _drop_stack_traces(model) -> None:
+    """The exporter records on every node the Python stack that made it: the building machine's
+    file paths and edgepack's line numbers. Without them a bundle is the same bytes wherever it is
+    built, and says nothing about the machine that built it."""
+    graphs = [model.graph, *model.functions.values()]
+    for graph in graphs:
+        for node in graph.all_nodes() if hasattr(graph, "all_nodes") else graph:
+            node.metadata_props.pop(STACK_TRACE, None)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgepack.converters.quantize import QTensor
+from edgepack.converters.quantize import QTensor, pack_int4
 
 # onnxruntime CPU: 4 = int8 activations in the blockwise kernels (what llama.cpp and
 # onnxruntime-genai's int4 models run with); 0 = float activations.
@@ -124,7 +124,7 @@ def _pack_zero_points(zp: np.ndarray, bits: int) -> np.ndarray:
         return z
     if z.shape[1] % 2:
         z = np.pad(z, ((0, 0), (0, 1)))
-    return z[:, 0::2] | (z[:, 1::2] << 4)
+    return pack_int4(z)
 
 
 def _buffers(module: nn.Module, q: QTensor) -> None:

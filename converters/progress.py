@@ -10,12 +10,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 class Stages:
-    def __init__(self, verbose: bool = False):
-        self.verbose = verbose
+    """`log` takes each line (the CLI's prints to stderr; a library caller may pass its own or
+    nothing); the converters' own output goes to the log file meanwhile."""
+
+    def __init__(self, verbose: bool = False, log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)):
+        self.verbose, self.say = verbose, log
         self.console = sys.stderr  # the terminal, for progress bars, even while a stage is captured
         fd, name = tempfile.mkstemp(prefix="edgepack-export-", suffix=".log")
         os.close(fd)
@@ -23,15 +26,15 @@ class Stages:
 
     @contextlib.contextmanager
     def stage(self, what: str) -> Iterator[None]:
-        print(f"{what} ...", file=sys.stderr, flush=True)
+        self.say(f"{what} ...")
         t0 = time.time()
         try:
             with self._captured():
                 yield
         except BaseException:
-            print(f"{what} failed; the converters' output is in {self.log}", file=sys.stderr)
+            self.say(f"{what} failed; the converters' output is in {self.log}")
             raise
-        print(f"{what}: done in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+        self.say(f"{what}: done in {time.time() - t0:.0f} s")
 
     @contextlib.contextmanager
     def _captured(self) -> Iterator[None]:

@@ -15,7 +15,7 @@ import numpy as np
 
 from edgepack.converters import quantize
 from edgepack.converters.recipes import FLOAT, Recipe
-from edgepack.converters.sources import Source
+from edgepack.converters.source import Source
 
 
 @dataclasses.dataclass
@@ -53,21 +53,17 @@ EMBEDDING = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"  # the tied LM head's own plan, where a format stores it apart
 
 
-def head_apart(family: str, fmt: str) -> bool:
-    """Whether the format keeps the tied embedding's lookup table apart from the LM head: Gemma
-    3n's .litertlm has an embedder model of its own (memory-mapped as a row store)."""
-    return family == "gemma3n" and fmt == "litertlm"
-
-
-def plan_all(shapes: dict[str, tuple[int, ...]], recipe: Recipe, fmt: str, storage, family: str) -> dict[str, TensorPlan]:
+def plan_all(shapes: dict[str, tuple[int, ...]], recipe: Recipe, fmt: str, storage,
+             head_apart: bool) -> dict[str, TensorPlan]:
     """The plan of every matrix, by tensor name. A recipe's `lm_head` applies to the tied
-    embedding as the LM head reads it: where the format keeps the lookup table apart (head_apart)
-    as a plan of its own under LM_HEAD; otherwise the format stores the table once, and at the
-    head's precision, since the head is what reads it whole."""
+    embedding as the LM head reads it: where the format keeps the lookup table apart (`head_apart`:
+    Gemma 3n's .litertlm has an embedder model of its own, memory-mapped as a row store) as a plan
+    of its own under LM_HEAD; otherwise the format stores the table once, and at the head's
+    precision, since the head is what reads it whole."""
     plans = {n: decide(n, s, recipe, fmt, storage(n)) for n, s in shapes.items() if len(s) == 2}
     if EMBEDDING in plans and "lm_head" in recipe.components:
         head = decide(EMBEDDING, shapes[EMBEDDING], recipe, fmt, storage(EMBEDDING), component="lm_head")
-        if head_apart(family, fmt):
+        if head_apart:
             plans[LM_HEAD] = dataclasses.replace(head, name=LM_HEAD)
         else:
             plans[EMBEDDING] = head

@@ -46,9 +46,7 @@ class QTensor:
 
     def packed(self) -> np.ndarray:
         """Codes as stored: 8-bit as is, 4-bit two per byte, the lower column in the low nibble."""
-        if self.bits == 8:
-            return self.codes
-        return (self.codes[:, 0::2] | (self.codes[:, 1::2] << 4)).astype(np.uint8)
+        return self.codes if self.bits == 8 else pack_int4(self.codes)
 
     def nbytes(self) -> int:
         """Bytes as stored: codes, float32 scales, zero points packed like the codes
@@ -62,7 +60,16 @@ class QTensor:
         return n
 
 
+def pack_int4(codes: np.ndarray) -> np.ndarray:
+    """4-bit codes (the low 4 bits of each value, an even count in the last axis) two per byte, the
+    lower column in the low nibble: the layout of TFLite's INT4, onnxruntime's MatMulNBits and
+    edgepack's row stores alike."""
+    codes = codes.astype(np.uint8) & 0x0F
+    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
+
+
 def unpack_int4(packed: np.ndarray) -> np.ndarray:
+    """pack_int4 undone: unsigned codes 0..15."""
     out = np.empty(packed.shape[:-1] + (packed.shape[-1] * 2,), np.uint8)
     out[..., 0::2] = packed & 0x0F
     out[..., 1::2] = packed >> 4

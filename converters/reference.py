@@ -60,7 +60,6 @@ def perplexity(source: str | Path, text: str, tokens: int = 2048) -> float:
     from tokenizers import Tokenizer
 
     from edgepack.converters import sources
-    from edgepack.runtime.evaluate import log_softmax
 
     src = sources.open_source(str(source))
     tok = Tokenizer.from_str(src.tokenizer_json)
@@ -68,6 +67,6 @@ def perplexity(source: str | Path, text: str, tokens: int = 2048) -> float:
     logits = all_position_logits(source, ids[:-1])  # [T, 262144] float32: 2.1 GB at 2,048 tokens
     nll = 0.0
     for i in range(0, len(logits), 128):  # log_softmax works in float64: whole, it would take 4x that
-        lp = log_softmax(logits[i:i + 128])
+        lp = torch.log_softmax(torch.from_numpy(logits[i:i + 128]).double(), -1).numpy()
         nll -= float(lp[np.arange(len(lp)), ids[i + 1:i + 1 + len(lp)]].sum())
     return float(np.exp(nll / len(logits)))

@@ -15,20 +15,18 @@ import numpy as np
 
 from edgepack.converters import quantize
 from edgepack.converters.quant_plan import TensorPlan
+from edgepack.plan import RowStore
 
 def signed_codes(q: quantize.QTensor) -> np.ndarray:
     c = (q.codes.astype(np.int16) - 2 ** (q.bits - 1)).astype(np.int8)
-    if q.bits == 8:
-        return c
-    u = (c & 0x0F).astype(np.uint8)
-    return (u[:, 0::2] | (u[:, 1::2] << 4)).astype(np.uint8)
+    return c if q.bits == 8 else quantize.pack_int4(c.view(np.uint8))  # two's complement nibbles
 
 
-def write(path: Path, chunks: Iterable[np.ndarray], shape: tuple[int, int], plan: TensorPlan, scale: float) -> dict:
+def write(path: Path, chunks: Iterable[np.ndarray], shape: tuple[int, int], plan: TensorPlan,
+          scale: float) -> RowStore:
     """Write a table given as float32 row blocks (Source.row_chunks), quantizing block by block:
     the float table is never whole in memory."""
     rows, cols = shape
-    spec = {"file": path.name, "offset": 0, "shape": [rows, cols], "scale": scale}
     block = plan.block or cols
     scales = []
     with open(path, "wb") as f:
@@ -40,7 +38,7 @@ def write(path: Path, chunks: Iterable[np.ndarray], shape: tuple[int, int], plan
             f.write(signed_codes(q).tobytes())
             scales.append(q.scales)
         if plan.bits == 32:
-            return spec | {"dtype": "float32"}
+            return RowStore(path.name, 0, [rows, cols], "float32", scale)
         scales_offset = f.tell()
         f.write(np.concatenate(scales).astype(np.float32).tobytes())
-    return spec | {"dtype": f"int{plan.bits}", "block": block, "scales_offset": scales_offset}
+    return RowStore(path.name, 0, [rows, cols], f"int{plan.bits}", scale, block, scales_offset)

@@ -1,72 +1,19 @@
-"""Reading what a user has in hand: a Hugging Face checkpoint folder or a GGUF file.
-
-A `Source` gives the text config (as the HF config.json dict), tensors by Hugging Face name
-(read lazily: safetensors are memory-mapped, GGUF tensors dequantized on demand), the tokenizer as
-a tokenizer.json string, the chat template if the checkpoint has one, and the special ids.
-Nothing here runs code from the checkpoint: no pickle, no trust_remote_code.
+"""Reading what a user has in hand: a Hugging Face checkpoint folder or a GGUF file, opened as a
+`Source` (source.py). Nothing here runs code from the checkpoint: no pickle, no trust_remote_code.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from edgepack.converters import families
+from edgepack.converters.gguf_source import open_gguf
 from edgepack.converters.safetensors_file import SafetensorsFile
+from edgepack.converters.source import Source
 from edgepack.errors import EdgepackError
-
-# architecture -> (family, prefix of the text decoder's tensors, where the text config sits)
-ARCHITECTURES = {
-    "Gemma3nForConditionalGeneration": ("gemma3n", "model.language_model.", "text_config"),
-    "Gemma3nForCausalLM": ("gemma3n", "model.", None),
-    "Gemma3ForCausalLM": ("gemma3", "model.", None),
-    "Gemma3ForConditionalGeneration": ("gemma3", "model.language_model.", "text_config"),
-}
-SUPPORTED = ", ".join(ARCHITECTURES)
-
-
-@dataclasses.dataclass
-class Source:
-    path: Path
-    family: str  # "gemma3" | "gemma3n"
-    architecture: str
-    config: dict  # the text decoder's HF config
-    read: Callable[[str], np.ndarray]  # HF name ("model....") -> float32 array
-    tokenizer_json: str
-    chat_template: str | None
-    skipped: list[str]  # components left out, e.g. vision/audio towers
-    kind: str  # "safetensors" | "gguf"
-    # how a tensor is stored at the source ("BF16", "F32", "Q4_K", ...) and, for GGUF, its raw
-    # quantized blocks (so a quantizer can keep that grid instead of rounding again)
-    storage: Callable[[str], str] = lambda name: "F32"
-    raw: Callable[[str], object] | None = None
-    shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)  # HF name -> shape
-    read_rows: Callable[[str, int, int], np.ndarray] | None = None  # rows [start, stop) as float32
-
-    def row_chunks(self, name: str, max_bytes: int = 64 << 20):
-        """A 2-D tensor as float32 row blocks of at most `max_bytes`, read one at a time, so a
-        full-size table (E2B's PLE table is 7.9 GB in float32) is never whole in memory. Sources
-        without row reads (GGUF: a tensor is dequantized whole) yield the tensor once."""
-        if self.read_rows is None:
-            yield self.read(name)
-            return
-        rows, cols = self.shapes[name]
-        step = max(1, max_bytes // (4 * cols))
-        for start in range(0, rows, step):
-            yield self.read_rows(name, start, min(rows, start + step))
-
-    @property
-    def bos_id(self) -> int:
-        return int(self.config.get("bos_token_id", 2))
-
-    @property
-    def eos_ids(self) -> list[int]:
-        eos = self.config.get("eos_token_id", 1)
-        ids = eos if isinstance(eos, list) else [eos]
-        return sorted({int(i) for i in ids})
 
 
 def open_source(path: str | Path) -> Source:
@@ -74,8 +21,6 @@ def open_source(path: str | Path) -> Source:
     if not p.exists():
         raise EdgepackError(f"source not found: {p}")
     if p.is_file() and p.suffix == ".gguf":
-        from edgepack.converters.gguf_source import open_gguf
-
         return open_gguf(p)
     if p.is_dir():
         return _open_hf_dir(p)
@@ -90,10 +35,14 @@ def _open_hf_dir(p: Path) -> Source:
         full = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
         raise EdgepackError(f"{cfg_path} is not valid JSON: {e}") from None
-    arch = (full.get("architectures") or ["<none>"])[0]
-    if arch not in ARCHITECTURES:
-        raise EdgepackError(f"unsupported architecture {arch!r}; edgepack supports {SUPPORTED}")
-    family, prefix, text_key = ARCHITECTURES[arch]
+    if not isinstance(full, dict):
+        raise EdgepackError(f"{cfg_path} is not a Hugging Face config (a JSON object is expected)")
+    archs = full.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else "<none>"
+    family = families.for_architecture(arch)
+    prefix, text_key = family.architectures[arch]
+    if text_key and not isinstance(full.get(text_key), dict):
+        raise EdgepackError(f"{cfg_path}: a {arch} config needs its text decoder's settings under {text_key!r}")
     config = dict(full[text_key]) if text_key else full
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         config.setdefault(key, full.get(key))

@@ -31,7 +31,7 @@ def main() -> int:
     from edgepack.errors import EdgepackError
     from edgepack.footprint import peak_rss
     from edgepack.runtime import Generator
-    from edgepack.runtime.engines import default_threads
+    from edgepack.system import default_threads
 
     runs = []
     for path in a.bundles:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edgepack.runtime.litert_engine import API_ENV
+from edgepack.system import LITERT_API_ENV
 
 HERE = Path(__file__).resolve().parent
 ON_DEVICE = HERE / "on_device.py"
@@ -75,8 +75,8 @@ class Emulated:
     def run(self, args: list[str], memory_limit: int | None = None, timeout: float = 1800) -> Result:
         env = {"PATH": "/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8", "QEMU_CPU": self.cpu,
                "PYTHONPATH": f"{self.env['app']}:{self.env['site']}", "PYTHONDONTWRITEBYTECODE": "1"}
-        if API_ENV in os.environ:  # a forced LiteRT API reaches the device too
-            env[API_ENV] = os.environ[API_ENV]
+        if LITERT_API_ENV in os.environ:  # a forced LiteRT API reaches the device too
+            env[LITERT_API_ENV] = os.environ[LITERT_API_ENV]
         cmd = ["qemu-aarch64-static", "-L", str(self.root), str(self.root / "usr/bin/python3"), *args]
         if memory_limit is None:
             p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)

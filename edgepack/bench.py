@@ -74,7 +74,7 @@ def decode_bytes(b) -> int:
 def _source_gguf(b, gguf: str | None) -> Path | None:
     if gguf:
         return Path(gguf)
-    source = b.manifest["model"].get("source", "")
+    source = b.plan.model.source
     if source.endswith(".gguf"):
         from edgepack.converters.builtin import gemma_gguf
 
@@ -89,7 +89,7 @@ def _source_gguf(b, gguf: str | None) -> Path | None:
 def bench(bundle: str | Path, prefill: int = 512, decode: int = 128, threads: int | None = None,
           compare: bool = False, text: Path = DEFAULT_TEXT, gguf: str | None = None, log=print) -> dict:
     from edgepack.bundle import Bundle
-    from edgepack.runtime.engines import default_threads
+    from edgepack.system import default_threads
 
     b = Bundle(bundle)
     b.verify(checksums=False)
@@ -132,7 +132,7 @@ def _compare(b, report: dict, prefill: int, decode: int, threads: int, text: Pat
         if importlib.util.find_spec("litert_lm") is None:  # not imported here: it starts a LiteRT runtime
             skip("litert-lm", "not installed: pip install litert-lm-api")
         else:
-            model, cache = b.file(b.manifest["graph"]["file"]), peers.litert_lm_cache(b)
+            model, cache = b.file(b.graph.file), peers.litert_lm_cache(b)
             with cache as folder:
                 if not any(Path(folder).iterdir()):
                     log("LiteRT-LM's first load: it packs the weights into its cache ...")
@@ -153,7 +153,7 @@ def _compare(b, report: dict, prefill: int, decode: int, threads: int, text: Pat
 
 
 def _compare_ort_genai(b, report, prefill, decode, threads, text, skip, log) -> None:
-    bits = b.manifest["precision"].get("quantization")
+    bits = b.plan.precision.quantization
     model = peers.ort_genai_models_dir() / f"gemma-3-270m-{bits}"
     if _source_gguf(b, None) is None or bits not in ("int8", "int4"):
         skip("onnxruntime-genai", "peer models exist for the built-in gemma-3-270m at int8/int4 only")

@@ -12,17 +12,16 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from edgepack import contract
 from edgepack.errors import EdgepackError
+from edgepack.plan import FORMAT_NAME, BundlePlan, FileEntry, Graph, Section
 
 MANIFEST = "manifest.json"
-FORMAT_NAME = "edgepack-bundle"
-SCHEMA_VERSION = 1
-FORMATS = ("litertlm", "onnx")
+MAX_MANIFEST_BYTES = 64 << 20  # a full-size Gemma 3n manifest is about 30 KB
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -38,9 +37,31 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def file_entry(folder: Path, name: str, role: str) -> dict:
+def file_entry(folder: Path, name: str, role: str) -> FileEntry:
     p = folder / name
-    return {"path": name, "role": role, "size": p.stat().st_size, "sha256": sha256_file(p)}
+    return FileEntry(name, role, p.stat().st_size, sha256_file(p))
+
+
+def check_replaceable(target: Path, force: bool, source: Path | None = None) -> None:
+    """Refuses, before any work is done, to write where it must not: an existing target without
+    `force`; with it, anything but an edgepack bundle (a manifest and only the files it lists),
+    the source being read, or a folder holding it."""
+    if not (target.exists() or target.is_symlink()):
+        return
+    if not force:
+        raise EdgepackError(f"{target} already exists (use --force to replace it)")
+    real = target.resolve()
+    if source is not None and source.exists() and source.resolve().is_relative_to(real):
+        raise EdgepackError(f"refusing to replace {target}: the source being exported is in it")
+    try:
+        raw = json.loads(_read_regular(real / MANIFEST, MAX_MANIFEST_BYTES))
+        listed = {f["path"].split("/")[0] for f in raw["files"]} | {MANIFEST}
+        ours = raw["format"] == FORMAT_NAME and {p.name for p in real.iterdir()} <= listed
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, EdgepackError):
+        ours = False
+    if not ours or target.is_symlink():
+        raise EdgepackError(f"refusing to replace {target} with --force: it is not an edgepack bundle "
+                            "(only a folder holding a bundle's manifest and listed files is replaced)")
 
 
 @contextlib.contextmanager
@@ -82,87 +103,106 @@ def _remove_abandoned_stages(target: Path) -> None:
             continue  # not ours to judge
 
 
-def write_manifest(folder: Path, manifest: dict) -> None:
-    manifest = {"format": FORMAT_NAME, "schema_version": SCHEMA_VERSION, **manifest}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+def write_manifest(folder: Path, plan: BundlePlan) -> None:
+    (folder / MANIFEST).write_text(json.dumps(plan.to_manifest(), indent=2) + "\n")
 
 
 class Bundle:
-    """A bundle read from disk. `verify()` checks sizes and checksums of every listed file."""
+    """A bundle read from disk: `plan` is its manifest, validated (edgepack/plan.py); `manifest` the
+    same document as parsed JSON. Every file the runtime opens is one of `plan.files`, reached
+    through `file()`, which keeps it inside the folder. `verify()` checks their sizes and sha256."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()
         mpath = self.path / MANIFEST
-        if self.path.is_file() and self.path.name == MANIFEST:
+        if self.path.name == MANIFEST and self.path.is_file():
             self.path, mpath = self.path.parent, self.path
         if not self.path.exists():
             raise EdgepackError(f"bundle not found: {self.path}")
         if not mpath.exists():
             raise EdgepackError(f"{self.path} is not an edgepack bundle: no {MANIFEST}")
+        if not mpath.is_file():
+            raise EdgepackError(f"{mpath} is not a file")
         try:
-            self.manifest = json.loads(mpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            self.manifest = json.loads(_read_regular(mpath, MAX_MANIFEST_BYTES))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise EdgepackError(f"{mpath} is corrupt: {e}") from None
-        m = self.manifest
-        if m.get("format") != FORMAT_NAME:
-            raise EdgepackError(f"{mpath} is not an edgepack manifest")
-        if m.get("schema_version") != SCHEMA_VERSION:
-            raise EdgepackError(
-                f"{self.path} has bundle schema {m.get('schema_version')}; this edgepack reads {SCHEMA_VERSION}"
-            )
-        if m.get("runtime_format") not in FORMATS:
-            raise EdgepackError(f"{mpath}: unknown runtime_format {m.get('runtime_format')!r}")
+        self.plan = BundlePlan.from_manifest(self.manifest, str(mpath))
 
     def file(self, name: str) -> Path:
-        return self.path / name
+        """A listed file's path, checked to stay inside the bundle once symlinks are resolved and to
+        be a regular file (not a FIFO or a device that would hang or feed a read forever)."""
+        if name not in {f.path for f in self.plan.files}:
+            raise EdgepackError(f"{self.path}: {name!r} is not one of the bundle's listed files")
+        p = self.path / name
+        try:
+            real, root = p.resolve(strict=True), self.path.resolve(strict=True)
+        except FileNotFoundError:
+            raise EdgepackError(f"bundle file missing: {p}") from None
+        except (OSError, RuntimeError) as e:  # a symlink loop
+            raise EdgepackError(f"bundle file {p} cannot be resolved: {e}") from None
+        if not real.is_relative_to(root):
+            raise EdgepackError(f"bundle file {p} points outside the bundle (to {real})")
+        if not stat.S_ISREG(real.stat().st_mode):
+            raise EdgepackError(f"bundle file {p} is not a regular file")
+        return p
 
     def verify(self, checksums: bool = True) -> None:
-        for entry in self.manifest["files"]:
-            p = self.path / entry["path"]
-            if not p.exists():
-                raise EdgepackError(f"bundle file missing: {p}")
+        for entry in self.plan.files:
+            p = self.file(entry.path)
             size = p.stat().st_size
-            if size != entry["size"]:
-                raise EdgepackError(f"bundle file {p} is {size} bytes, manifest says {entry['size']} (truncated?)")
-            if checksums and sha256_file(p) != entry["sha256"]:
+            if size != entry.size:
+                raise EdgepackError(f"bundle file {p} is {size} bytes, manifest says {entry.size} (truncated?)")
+            if checksums and sha256_file(p) != entry.sha256:
                 raise EdgepackError(f"bundle file {p} fails its sha256 check (altered or corrupt)")
 
     @property
     def format(self) -> str:
-        return self.manifest["runtime_format"]
+        return self.plan.runtime_format
 
     @property
     def max_context(self) -> int:
-        return int(self.manifest["max_context"])
+        return self.plan.max_context
+
+    @property
+    def graph(self) -> Graph:
+        return self.plan.graph
 
     @property
     def cache_lengths(self) -> list[int]:
         """Slots of each cache layer: sliding-window layers may keep a ring shorter than the
-        context (contract.cache_lengths). Bundles written before rings list no lengths: their
-        caches are all as long as the context."""
-        g = self.manifest["graph"]
-        return g.get("cache_lengths") or [self.max_context] * len(g["cache_layers"])
+        context (contract.cache_lengths)."""
+        return self.plan.graph.cache_lengths
 
     @property
     def cache_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every KV cache tensor the graph reads, with its shape."""
-        g = self.manifest["graph"]
-        return contract.cache_shapes(g["cache_layers"], int(g["num_kv_heads"]), self.cache_lengths, int(g["head_dim"]))
+        return self.plan.graph.cache_shapes
 
     @property
     def cache_bytes(self) -> int:
-        g = self.manifest["graph"]
-        return contract.cache_bytes(g["cache_layers"], int(g["num_kv_heads"]), self.cache_lengths, int(g["head_dim"]))
+        return self.plan.graph.cache_bytes
 
     @property
     def graph_bytes(self) -> int:
         """Bytes of the prefill/decode graph: every weight a decode step reads (the LM head
         included), but not the row stores kept outside it."""
         if self.format == "onnx":
-            return sum(f["size"] for f in self.manifest["files"] if f["role"] in ("graph", "weights"))
-        return self.main_section["size"]
+            return sum(f.size for f in self.plan.files if f.role in ("graph", "weights"))
+        return self.main_section.size
 
     @property
-    def main_section(self) -> dict:
-        """A .litertlm's prefill/decode model: its section entry (offset, size) in the manifest."""
-        return next(s for s in self.manifest["graph"]["sections"] if s["model_type"] == "tf_lite_prefill_decode")
+    def main_section(self) -> Section:
+        """A .litertlm's prefill/decode model: its section (offset, size) in the file."""
+        return self.plan.graph.main_section
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, refusing anything larger than `limit`."""
+    with open(path, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise EdgepackError(f"{path} is not a regular file")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise EdgepackError(f"{path} is over {limit >> 20} MiB: not a manifest edgepack wrote")
+    return data

@@ -70,7 +70,7 @@ def _run(a) -> None:
 def _eval(a) -> None:
     from pathlib import Path
 
-    from edgepack.runtime.evaluate import evaluate
+    from edgepack.evaluate import evaluate
 
     text = Path(a.text).expanduser()
     if not text.is_file():
@@ -148,10 +148,13 @@ def parser() -> argparse.ArgumentParser:
                    help="weight precision: 'none' keeps fp32; int8, int4 and int4-head4 (int4 with a 4-bit LM "
                         "head: less memory, less quality) are the named recipes (docs/quantization.md); a .json "
                         "file is your own recipe (default: none)")
-    e.add_argument("--max-context", type=int, default=2048, help="KV cache length in tokens (default: 2048)")
-    e.add_argument("--prefill-len", type=int, default=128,
-                   help="tokens per prefill call of the TFLite graph; longer prompts go in chunks (default: 128)")
-    e.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    e.add_argument("--max-context", type=int, default=None,
+                   help="KV cache length in tokens (default: 2048, or the model's positions when fewer)")
+    e.add_argument("--prefill-len", type=int, default=None,
+                   help="tokens per prefill call of the TFLite graph; longer prompts go in chunks "
+                        "(default: 128, or the context when shorter)")
+    e.add_argument("--force", action="store_true",
+                   help="replace OUTPUT if it is an edgepack bundle (never a folder holding anything else)")
     e.add_argument("--verbose", action="store_true",
                    help="show the converters' own output (otherwise logged, and the log named on failure)")
     e.set_defaults(func=_export)

@@ -52,16 +52,6 @@ def cache_names(cache_layers: list[int]) -> list[str]:
     return [name for i in cache_layers for name in (k_cache_name(i), v_cache_name(i))]
 
 
-def layer_types(family: str, config: dict) -> list[str]:
-    """Each layer's attention kind from a Hugging Face config; configs older than transformers'
-    `layer_types` key follow the family's pattern (every 5th layer global in Gemma 3n, every
-    `sliding_window_pattern`-th (6) in Gemma 3)."""
-    n = int(config["num_hidden_layers"])
-    every = 5 if family == "gemma3n" else int(config.get("sliding_window_pattern", 6))
-    return list(config.get("layer_types") or
-                ["full_attention" if (i + 1) % every == 0 else "sliding_attention" for i in range(n)])
-
-
 def cache_lengths(layer_types: list[str], cache_layers: list[int], window: int, context: int,
                   chunk: int) -> list[int]:
     """Slots each cache layer keeps, in cache_layers order.

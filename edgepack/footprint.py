@@ -26,6 +26,8 @@ from pathlib import Path
 from edgepack import contract
 from edgepack.bundle import Bundle
 from edgepack.errors import EdgepackError
+from edgepack.plan import RowStore
+from edgepack.system import litert_api
 
 MiB = 2**20
 PAGE = 4096
@@ -67,31 +69,27 @@ class Footprint:
 
 
 def engine_kind(b: Bundle) -> str:
-    if b.format == "onnx":
-        return "onnx"
-    from edgepack.runtime.litert_engine import litert_api
-
-    return litert_api()
+    """The engine this machine runs the bundle with: onnxruntime, or LiteRT's API for this CPU."""
+    return "onnx" if b.format == "onnx" else litert_api()
 
 
 def predict(b: Bundle, engine: str | None = None, row_cache_mb: float = 0.0) -> Footprint:
     """Peak memory of a generation that may fill the bundle's whole context (with a hot-row cache
     of `row_cache_mb` for the per-layer embedding store, counted whole: runtime/row_store.py)."""
-    m, g = b.manifest, b.manifest["graph"]
+    p = b.plan
     fp = estimate(
-        engine or engine_kind(b), b.graph_bytes,
-        quantized=m.get("precision", {}).get("quantization", "none") != "none",
-        row_stores=m.get("row_stores", {}), kv_bytes=b.cache_bytes,
-        config=m["model"]["config"], prefill_lengths=g["prefill_lengths"], vocab_size=int(g["vocab_size"]),
-        context=b.max_context, tokenizer_bytes=b.file(m["tokenizer"]["file"]).stat().st_size)
-    ple = m.get("row_stores", {}).get("per_layer_embeddings")
+        engine or engine_kind(b), b.graph_bytes, quantized=p.precision.quantization != "none",
+        row_stores=p.row_stores, kv_bytes=b.cache_bytes, config=p.model.config,
+        prefill_lengths=p.graph.prefill_lengths, vocab_size=p.graph.vocab_size, context=b.max_context,
+        tokenizer_bytes=p.file_entry(p.tokenizer.file).size)
+    ple = p.row_stores.get("per_layer_embeddings")
     if ple and row_cache_mb:
-        row = 4 * int(ple["shape"][1])
+        row = 4 * ple.cols
         fp.parts["row_cache"] = int(row_cache_mb * MiB) // row * row
     return fp
 
 
-def estimate(engine: str, graph_bytes: int, quantized: bool, row_stores: dict[str, dict], kv_bytes: int,
+def estimate(engine: str, graph_bytes: int, quantized: bool, row_stores: dict[str, RowStore], kv_bytes: int,
              config: dict, prefill_lengths: list[int], vocab_size: int, context: int,
              tokenizer_bytes: int) -> Footprint:
     """The parts, from what a bundle's manifest says (or what an export would write)."""
@@ -108,17 +106,12 @@ def estimate(engine: str, graph_bytes: int, quantized: bool, row_stores: dict[st
     return Footprint(parts, PARSE_BASE_BYTES + int(tokenizer_bytes * TOKENIZER_PARSE_PER_FILE_BYTE), engine)
 
 
-def row_store_resident(spec: dict, tokens: int) -> int:
+def row_store_resident(spec: RowStore, tokens: int) -> int:
     """Pages of a memory-mapped table that `tokens` distinct rows touch (each row's own pages,
     plus its scales), never more than the table."""
-    rows, cols = (int(d) for d in spec["shape"])
-    row = {"float32": cols * 4, "int8": cols, "int4": cols // 2}[spec["dtype"]]
-    table = rows * row
-    if spec["dtype"] != "float32":
-        row += cols // int(spec["block"]) * 4
-        table += rows * (cols // int(spec["block"])) * 4
+    row = spec.row_bytes + 4 * spec.scale_columns
     pages_per_row = math.ceil(row / PAGE) + 1  # a row rarely starts on a page boundary
-    return min(table, tokens * pages_per_row * PAGE)
+    return min(spec.rows * row, tokens * pages_per_row * PAGE)
 
 
 def activation_bytes(cfg: dict, prefill_lengths: list[int], vocab_size: int, context: int) -> int:

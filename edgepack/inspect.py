@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from edgepack.bundle import Bundle
 from edgepack.footprint import predict
+from edgepack.plan import SCHEMA_VERSION, component_lines
 
 
 def _mb(n: int) -> str:
@@ -16,43 +19,31 @@ def _lengths(lengths: list[int]) -> str:
     return ", ".join(f"{c} x {n} slots" for n, c in counts.items())
 
 
-def component_lines(components: dict) -> list[str]:
-    """One line per weight component: precisions, bytes, and how many tensors were transcoded
-    exactly from the source grid, re-rounded, or left in float."""
-    width = max([len(", ".join(c["precisions"])) for c in components.values()] + [9])
-    lines = [f"  {'component':<16} {'precision':<{width}} {'bytes':>12}  exact/rounded/float"]
-    for comp, c in components.items():
-        lines.append(f"  {comp:<16} {', '.join(c['precisions']):<{width}} {_mb(c['bytes']):>12}  "
-                     f"{c['exact']}/{c['rounded']}/{c['float']}")
-    return lines
-
-
 def summary(b: Bundle, checksums_verified: bool) -> dict:
-    m = b.manifest
-    cfg, g, tok = m["model"]["config"], m["graph"], m["tokenizer"]
-    files = m["files"]
-    total = sum(f["size"] for f in files)
+    p = b.plan
+    g, tok = p.graph, p.tokenizer
+    total = sum(f.size for f in p.files)
     info = {
         "path": str(b.path),
-        "format": m["runtime_format"],
-        "schema_version": m["schema_version"],
-        "family": m["model"]["family"],
-        "architecture": m["model"]["architecture"],
-        "layers": cfg["num_hidden_layers"],
-        "hidden_size": cfg["hidden_size"],
-        "vocab_size": g["vocab_size"],
-        "cache_layers": len(g["cache_layers"]),
-        "cache_lengths": b.cache_lengths,
-        "cache_bytes": b.cache_bytes,
-        "max_context": m["max_context"],
-        "prefill_lengths": g["prefill_lengths"] or "dynamic",
-        "precision": m["precision"],
-        "row_stores": {k: {"shape": v["shape"], "dtype": v["dtype"], "file": v["file"], "offset": v["offset"]}
-                       for k, v in m["row_stores"].items()},
-        "bos_id": tok["bos_id"],
-        "stop_ids": tok["stop_ids"],
-        "chat_template": bool(m.get("chat_template")),
-        "files": [{k: f[k] for k in ("path", "role", "size", "sha256")} for f in files],
+        "format": p.runtime_format,
+        "schema_version": SCHEMA_VERSION,
+        "family": p.model.family,
+        "architecture": p.model.architecture,
+        "layers": p.model.setting("num_hidden_layers"),
+        "hidden_size": p.model.setting("hidden_size"),
+        "vocab_size": g.vocab_size,
+        "cache_layers": len(g.cache_layers),
+        "cache_lengths": g.cache_lengths,
+        "cache_bytes": g.cache_bytes,
+        "max_context": p.max_context,
+        "prefill_lengths": g.prefill_lengths or "dynamic",
+        "precision": dataclasses.asdict(p.precision),
+        "row_stores": {k: {"shape": v.shape, "dtype": v.dtype, "file": v.file, "offset": v.offset}
+                       for k, v in p.row_stores.items()},
+        "bos_id": tok.bos_id,
+        "stop_ids": tok.stop_ids,
+        "chat_template": bool(p.chat_template),
+        "files": [dataclasses.asdict(f) for f in p.files],
         "total_bytes": total,
         "checksums": "verified" if checksums_verified else "sizes only",
         "predicted_peak": predict(b).as_dict(),
@@ -65,10 +56,10 @@ def summary(b: Bundle, checksums_verified: bool) -> dict:
         f"KV cache     {info['cache_layers']} cache-owning layers: {_lengths(info['cache_lengths'])}, "
         f"{_mb(info['cache_bytes'])} (context {info['max_context']})",
         f"prefill      {info['prefill_lengths']}",
-        f"precision    {m['precision']['weights']} (quantization: {m['precision']['quantization']})",
+        f"precision    {p.precision.weights} (quantization: {p.precision.quantization})",
     ]
-    if m["precision"].get("components"):
-        lines += component_lines(m["precision"]["components"])
+    if p.precision.components:
+        lines += component_lines(p.precision.components)
     lines += [
         f"tokens       bos {info['bos_id']}, stop {info['stop_ids']}, "
         f"chat template: {'yes' if info['chat_template'] else 'none (plain prompts)'}",
@@ -80,8 +71,8 @@ def summary(b: Bundle, checksums_verified: bool) -> dict:
     lines.append(f"memory       predicted peak {_mb(fp['peak'])} with this machine's {fp['engine']} engine "
                  f"(`edgepack profile` breaks it down)")
     lines.append("files")
-    for f in files:
-        lines.append(f"  {f['path']:<28} {_mb(f['size']):>12}  {f['role']:<22} sha256 {f['sha256'][:16]}…")
+    for f in p.files:
+        lines.append(f"  {f.path:<28} {_mb(f.size):>12}  {f.role:<22} sha256 {f.sha256[:16]}…")
     lines.append(f"total        {_mb(total)}; checksums {info['checksums']}")
     info["text"] = "\n".join(lines)
     return info

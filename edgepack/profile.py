@@ -12,20 +12,18 @@
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from edgepack import contract
 from edgepack.bundle import Bundle
 from edgepack.errors import EdgepackError
 from edgepack.footprint import Footprint, devices, device_budget, estimate, peak_rss, predict
 
 GEMMA_TOKENIZER_BYTES = 14_407_266  # tokenizer.json of Gemma's 262k vocabulary, for presets
-PLE_TABLE = "model.embed_tokens_per_layer.weight"
 
 
 def device_engine(fmt: str, device: str | None) -> str:
@@ -37,87 +35,50 @@ def device_engine(fmt: str, device: str | None) -> str:
     return "compiled"
 
 
-def plan_from_layout(family: str, config: dict, shapes: dict[str, tuple[int, ...]], recipe_spec: str, fmt: str,
-                     context: int, prefill_len: int, engine: str, storage=lambda name: "BF16",
+def plan_from_layout(family, config: dict, recipe_spec: str, fmt: str, context: int, prefill_len: int,
+                     engine: str, storage=lambda name: "BF16",
                      tokenizer_bytes: int = GEMMA_TOKENIZER_BYTES) -> tuple[Footprint, dict]:
-    """The footprint of the bundle `edgepack export` would write from these tensors. Returns it
-    with the planned bytes per component (what `inspect` would show)."""
+    """The footprint of the bundle `edgepack export` would write from a checkpoint of `family`
+    (converters/models/family.py) with this text config: the exporter's own plan
+    (converters/planner.py). Returns it with the planned bytes per component (what `inspect`
+    would show)."""
     from edgepack.converters import quant_plan, recipes
+    from edgepack.converters.planner import plan_export
 
-    recipe = recipes.load(recipe_spec)
-    text = _text_tensors(family, config, shapes)
-    plans = quant_plan.plan_all(text, recipe, fmt, storage, family)
-    vectors = sum(4 * math.prod(s) for s in text.values() if len(s) != 2)
-    stores = {}
-    if family == "gemma3n":
-        stores["per_layer_embeddings"] = _store_spec(plans[PLE_TABLE])
-    if quant_plan.head_apart(family, fmt):  # the embedder's table is a row store; the graph keeps the LM head
-        stores["embeddings"] = _store_spec(plans[quant_plan.EMBEDDING])
-    head = plans.get(quant_plan.LM_HEAD, plans.get(quant_plan.EMBEDDING))  # read whole by every decode step
-    graph = vectors + (head.nbytes if head else 0) + sum(
-        p.nbytes for n, p in plans.items() if n not in (PLE_TABLE, quant_plan.EMBEDDING, quant_plan.LM_HEAD))
-    owners = _cache_layers(family, config)
-    lengths = contract.cache_lengths(contract.layer_types(family, config), owners, int(config.get("sliding_window", 512)),
-                                     context, prefill_len if fmt == "litertlm" else 1)
-    kv = contract.cache_bytes(owners, int(config["num_key_value_heads"]), lengths, int(config["head_dim"]))
-    fp = estimate(engine, graph, quantized=recipe.name != "none", row_stores=stores,
-                  kv_bytes=kv, config=config,
-                  prefill_lengths=[prefill_len] if fmt == "litertlm" else [], vocab_size=int(config["vocab_size"]),
-                  context=context, tokenizer_bytes=tokenizer_bytes)
-    return fp, quant_plan.summary(list(plans.values()))
+    p = plan_export(family, config, recipes.load(recipe_spec), fmt, context, prefill_len, storage)
+    fp = estimate(engine, p.graph_bytes(), quantized=p.quantized,
+                  row_stores={name: p.store_layout(name) for name in p.tables}, kv_bytes=p.graph.cache_bytes,
+                  config=dataclasses.asdict(p.config), prefill_lengths=p.graph.prefill_lengths,
+                  vocab_size=p.graph.vocab_size, context=context, tokenizer_bytes=tokenizer_bytes)
+    return fp, quant_plan.summary(list(p.tensors.values()))
 
 
-def _text_tensors(family: str, config: dict, shapes: dict) -> dict[str, tuple[int, ...]]:
-    """The decoder's tensors under their "model.*" names, without the towers and without the K/V
-    projections that KV-shared layers carry but never use."""
-    out = {}
-    for name, shape in shapes.items():
-        if name.startswith("model.language_model."):
-            name = "model." + name[len("model.language_model."):]
-        elif name.startswith(("model.audio_tower.", "model.vision_tower.", "model.embed_", "lm_head")) \
-                and not name.startswith(("model.embed_tokens",)):
-            continue
-        out[name] = tuple(shape)
-    if family == "gemma3n":
-        first_shared = config["num_hidden_layers"] - config.get("num_kv_shared_layers", 0)
-        for i in range(first_shared, config["num_hidden_layers"]):
-            for proj in ("k_proj", "v_proj", "k_norm"):
-                out.pop(f"model.layers.{i}.self_attn.{proj}.weight", None)
-    return out
-
-
-def _cache_layers(family: str, config: dict) -> list[int]:
-    n = int(config["num_hidden_layers"])
-    return list(range(n - int(config.get("num_kv_shared_layers", 0)) if family == "gemma3n" else n))
-
-
-def _store_spec(plan) -> dict:
-    rows, cols = plan.shape
-    if plan.bits == 32:
-        return {"shape": [rows, cols], "dtype": "float32"}
-    return {"shape": [rows, cols], "dtype": f"int{plan.bits}", "block": plan.block or cols}
+def _needs_convert(what: str):
+    """The planner builds the family's graph on the meta device: torch and transformers."""
+    try:
+        from edgepack.converters import families, synth
+    except ImportError as e:
+        raise EdgepackError(f"{what} plans the export, which needs {e.name or 'torch'}, not installed here "
+                            "(as on a device): pip install 'edgepack[convert]', or profile a bundle, which "
+                            "needs neither") from None
+    return families, synth
 
 
 def plan_from_preset(name: str, recipe: str, fmt: str, context: int, prefill_len: int, engine: str):
-    try:  # a preset's layout is transformers' own model built on the meta device
-        from edgepack.converters import synth
-    except ImportError as e:
-        raise EdgepackError(f"--preset reads the model's layout from transformers, and {e.name or 'torch'} is not "
-                            "installed here (as on a device): pip install 'edgepack[convert]', or profile a "
-                            "bundle or a checkpoint folder, which need neither") from None
-
-    config, shapes = synth.layout(name, towers=False)
-    family = synth.PRESETS[name][0]
+    families, synth = _needs_convert("--preset")
+    config, _ = synth.layout(name, towers=False)
+    family = families.get(synth.PRESETS[name][0])
     text = config.get("text_config", config)
-    return plan_from_layout(family, text, shapes, recipe, fmt, context, prefill_len, engine)
+    return plan_from_layout(family, text, recipe, fmt, context, prefill_len, engine)
 
 
 def plan_from_checkpoint(path: str, recipe: str, fmt: str, context: int, prefill_len: int, engine: str):
+    _needs_convert("profiling a checkpoint")
     from edgepack.converters.builtin import resolve
     from edgepack.converters.sources import open_source
 
     src = open_source(resolve(path))
-    return plan_from_layout(src.family, src.config, src.shapes, recipe, fmt, context, prefill_len, engine,
+    return plan_from_layout(src.family, src.config, recipe, fmt, context, prefill_len, engine,
                             storage=src.storage, tokenizer_bytes=len(src.tokenizer_json.encode()))
 
 
@@ -140,10 +101,10 @@ def measure(bundle: Path, prompt_tokens: int, new_tokens: int, engine: str | Non
     """Runs prompt + N tokens in a child process (with `engine`'s LiteRT API, if given) and samples
     its memory until it exits."""
     from edgepack.runtime import litert_cache
-    from edgepack.runtime.litert_engine import API_ENV
+    from edgepack.system import LITERT_API_ENV
 
     files = {str((bundle / f).resolve()): f for f in os.listdir(bundle) if (bundle / f).is_file()}
-    env = dict(os.environ) | ({API_ENV: engine} if engine in ("compiled", "interpreter") else {})
+    env = dict(os.environ) | ({LITERT_API_ENV: engine} if engine in ("compiled", "interpreter") else {})
     b = Bundle(bundle)
     litert_cache.warm_up(b, env)  # the loads a user repeats, not the one-off packing (litert_cache.py)
     cached = litert_cache.used_by(b, env)
@@ -224,7 +185,7 @@ def profile(target: str | None, preset: str | None = None, recipe: str = "none",
         b = Bundle(target)
         fp = predict(b, device_engine(b.format, device) if device else None)
         report |= {"subject": str(b.path), "kind": "bundle", "format": b.format, "context": b.max_context,
-                   "recipe": b.manifest["precision"]["quantization"], "components": b.manifest["precision"]["components"]}
+                   "recipe": b.plan.precision.quantization, "components": b.plan.precision.components}
         if run:
             n_prompt = min(prompt_tokens, b.max_context - 1)
             report["measured"] = measure(b.path, n_prompt, max(1, min(new_tokens, b.max_context - n_prompt)),

@@ -17,9 +17,10 @@ import numpy as np
 from edgepack.bundle import Bundle
 from edgepack.errors import EdgepackError
 from edgepack.footprint import check_fits
-from edgepack.runtime.engines import open_engine, release_freed_heap
+from edgepack.runtime.engines import open_engine
 from edgepack.runtime.row_store import StoreOptions
 from edgepack.runtime.sampling import Sampler, SamplingParams
+from edgepack.system import release_freed_heap
 
 
 @dataclasses.dataclass
@@ -40,12 +41,12 @@ class Generator:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
         self.bundle.verify(checksums=verify)
         self.footprint = check_fits(self.bundle, stores.cache_mb) if memory_check else None
-        tok = self.bundle.manifest["tokenizer"]
-        self.tokenizer = Tokenizer.from_file(str(self.bundle.file(tok["file"])))
+        tok = self.bundle.plan.tokenizer
+        self.tokenizer = Tokenizer.from_file(str(self.bundle.file(tok.file)))
         release_freed_heap()  # parsing 262k pieces leaves ~200 MB freed but still mapped
-        self.bos_id, self.add_bos = int(tok["bos_id"]), bool(tok["add_bos"])
-        self.stop_ids = set(int(i) for i in tok["stop_ids"])
-        self.chat_template = self.bundle.manifest.get("chat_template")
+        self.bos_id, self.add_bos = tok.bos_id, tok.add_bos
+        self.stop_ids = set(tok.stop_ids)
+        self.chat_template = self.bundle.plan.chat_template
         self.engine = open_engine(self.bundle, threads, stores)
         self.hit_context_limit = False  # set when the last generation ran into max_context
 

@@ -36,6 +36,7 @@ from typing import Iterator
 
 from edgepack.bundle import Bundle
 from edgepack.errors import EdgepackError
+from edgepack.system import litert_api
 
 CACHE_ENV = "EDGEPACK_CACHE"
 DEFAULT_ROOT = Path.home() / ".cache" / "edgepack"
@@ -70,9 +71,8 @@ def planned_files(b: Bundle, root: Path | None = None) -> MainModelFiles | None:
     root = root or cache_root()
     if root is None:
         return None
-    name = b.manifest["graph"]["file"]
-    sha = next(f["sha256"] for f in b.manifest["files"] if f["path"] == name)
-    folder = root / "litert" / f"{sha[:24]}-{b.main_section['offset']}-{metadata.version('ai-edge-litert')}"
+    sha = b.plan.file_entry(b.graph.file).sha256  # 64 hex digits, checked when the manifest was read
+    folder = root / "litert" / f"{sha[:24]}-{b.main_section.offset}-{metadata.version('ai-edge-litert')}"
     return MainModelFiles(folder / "main.tflite", folder / "main.xnnpack_cache")
 
 
@@ -104,10 +104,8 @@ def cached_main_model(b: Bundle) -> Iterator[MainModelFiles | None]:
 
 def used_by(b: Bundle, env: dict | None = None) -> MainModelFiles | None:
     """The cached files a process with `env` (default: this one's) would load `b` from, if any."""
-    from edgepack.runtime.litert_engine import API_ENV, litert_api
-
     env = os.environ if env is None else env
-    if b.format != "litertlm" or (env.get(API_ENV) or litert_api()) != "compiled":
+    if b.format != "litertlm" or litert_api(env) != "compiled":
         return None
     root = cache_root(env)
     return None if root is None else planned_files(b, root)
@@ -128,7 +126,7 @@ def warm_up(b: Bundle, env: dict | None = None) -> bool:
 
 def _refresh(b: Bundle, files: MainModelFiles) -> None:
     """Copies the section unless the cached copy came from this very file (size and mtime)."""
-    source = b.file(b.manifest["graph"]["file"])
+    source = b.file(b.graph.file)
     st = source.stat()
     stamp_path = files.model.with_suffix(".source.json")
     stamp = {"source": str(source.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -140,7 +138,7 @@ def _refresh(b: Bundle, files: MainModelFiles) -> None:
     partial = files.model.with_name(f".{files.model.name}.{os.getpid()}.partial")
     try:
         with open(source, "rb") as src, open(partial, "wb") as dst:
-            _copy_range(src, dst, section["offset"], section["size"])
+            _copy_range(src, dst, section.offset, section.size)
         os.replace(partial, files.model)
     finally:
         partial.unlink(missing_ok=True)

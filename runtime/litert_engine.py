@@ -9,17 +9,14 @@
   SIGILL, the same crash as Google's prebuilt LiteRT-LM CLI on a Pi 4. The interpreter path keeps
   the cache in its own input tensors and copies back only the slots a call wrote.
 
-`EDGEPACK_LITERT_API=compiled|interpreter` overrides the choice (tests run both on the host).
+`EDGEPACK_LITERT_API=compiled|interpreter` overrides the choice (edgepack/system.py; tests run both
+on the host).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
-import os
-import platform
-import sys
 import types
 import weakref
 from pathlib import Path
@@ -30,33 +27,9 @@ from edgepack import contract
 from edgepack.bundle import Bundle
 from edgepack.errors import EdgepackError
 from edgepack.runtime import litert_cache, mapped_pages
-from edgepack.runtime.engines import Engine, copy_slots, default_threads
+from edgepack.runtime.engine import Engine, copy_slots
 from edgepack.runtime.row_store import StoreOptions
-
-API_ENV = "EDGEPACK_LITERT_API"
-_AT_HWCAP = 16
-_HWCAP_ATOMICS = 1 << 8  # arm64 <asm/hwcap.h>
-
-
-def has_lse_atomics() -> bool:
-    """True unless this is an arm64 core without LSE atomics (the kernel's HWCAP, which qemu-user
-    also sets from the CPU model it emulates)."""
-    if platform.machine().lower() not in ("aarch64", "arm64"):
-        return True
-    try:
-        hwcap = ctypes.CDLL(None).getauxval(ctypes.c_ulong(_AT_HWCAP))
-    except (AttributeError, OSError):
-        return False  # can't tell: the interpreter runs everywhere
-    return bool(hwcap & _HWCAP_ATOMICS)
-
-
-def litert_api() -> str:
-    """'compiled' or 'interpreter': what this machine runs (EDGEPACK_LITERT_API overrides)."""
-    api = os.environ.get(API_ENV) or ("compiled" if has_lse_atomics() else "interpreter")
-    if api not in ("compiled", "interpreter"):
-        raise EdgepackError(f"{API_ENV} must be 'compiled' or 'interpreter', got {api!r}")
-    return api
-
+from edgepack.system import default_threads, litert_api, native_stderr_silenced
 
 def litert_engine(b: Bundle, threads: int | None = None, stores: StoreOptions = StoreOptions()) -> Engine:
     return (CompiledModelEngine if litert_api() == "compiled" else InterpreterEngine)(b, threads, stores)
@@ -66,10 +39,10 @@ def _main_section(b: Bundle) -> tuple[Path, bytes]:
     """The prefill/decode TFLite model read out of the .litertlm into memory, for the Interpreter
     (which takes a model as bytes or a file of its own) and a CompiledModel without a cache."""
     main = b.main_section
-    path = Path(b.file(b.manifest["graph"]["file"]))
+    path = b.file(b.graph.file)
     with open(path, "rb") as f:
-        f.seek(main["offset"])
-        return path, f.read(main["size"])
+        f.seek(main.offset)
+        return path, f.read(main.size)
 
 
 def _load_compiled_model(rt: types.SimpleNamespace, b: Bundle, files: litert_cache.MainModelFiles | None,
@@ -82,7 +55,7 @@ def _load_compiled_model(rt: types.SimpleNamespace, b: Bundle, files: litert_cac
     cpu = options.Options(cpu_options=options.CpuOptions(
         num_threads=threads or default_threads(),
         xnnpack_weight_cache_path=str(files.packed_weights) if files else ""))
-    path = b.file(b.manifest["graph"]["file"])
+    path = b.file(b.graph.file)
     try:
         if files is None:
             rt.section = _main_section(b)[1]  # LiteRT may read it in place: it lives as long as the model
@@ -99,18 +72,18 @@ class CompiledModelEngine(Engine):
     api = "compiled"
 
     def __init__(self, b: Bundle, threads: int | None = None, stores: StoreOptions = StoreOptions()):
-        g = b.manifest["graph"]
-        self.prefill_sig, self.decode_sig = contract.prefill_signature(g["prefill_lengths"][0]), contract.DECODE
-        cache = set(contract.cache_names(g["cache_layers"]))
+        g = b.graph
+        self.prefill_sig, self.decode_sig = contract.prefill_signature(g.prefill_length), contract.DECODE
+        cache = set(contract.cache_names(g.cache_layers))
         # Every LiteRT object lives in `rt`, released (quietly) when the engine goes or at exit.
         self.rt = types.SimpleNamespace()
         weakref.finalize(self, _release_quietly, self.rt)
-        with litert_cache.cached_main_model(b) as files, _native_stderr_silenced():
+        with litert_cache.cached_main_model(b) as files, native_stderr_silenced():
             # (the runtime logs each accelerator it probes, at INFO)
             _load_compiled_model(self.rt, b, files, threads)
         if files:  # the packed weights are in their own file now (litert_cache.py)
             mapped_pages.page_out(files.model)
-        with _native_stderr_silenced():
+        with native_stderr_silenced():
             model = self.rt.model
             self.rt.cache = {n: model.create_input_buffer_by_name(self.decode_sig, n) for n in cache}
             self.rt.inputs = {sig: {n: model.create_input_buffer_by_name(sig, n)
@@ -120,7 +93,7 @@ class CompiledModelEngine(Engine):
         super().__init__(b, stores)
 
     def reset(self) -> None:
-        with _native_stderr_silenced():  # the first write into a buffer can start an environment
+        with native_stderr_silenced():  # the first write into a buffer can start an environment
             for name, shape in self.cache_shapes.items():
                 self.rt.cache[name].write(np.zeros(shape, np.float32))
 
@@ -180,7 +153,7 @@ class InterpreterEngine(Engine):
     def __init__(self, b: Bundle, threads: int | None = None, stores: StoreOptions = StoreOptions()):
         from ai_edge_litert.interpreter import Interpreter
 
-        path, g = b.file(b.manifest["graph"]["file"]), b.manifest["graph"]
+        path, g = b.file(b.graph.file), b.graph
         with litert_cache.cached_main_model(b) as files:
             # Mapped from the cached section when there is one: XNNPACK packs the weights into its
             # own memory while the signatures allocate, and the original's pages are kept out of
@@ -192,7 +165,7 @@ class InterpreterEngine(Engine):
                     self.interpreter = Interpreter(**source, num_threads=threads or default_threads())
                 except Exception as e:
                     raise EdgepackError(f"LiteRT cannot load {path}: {e}") from None
-                self.prefill_sig = _Signature(self.interpreter, contract.prefill_signature(g["prefill_lengths"][0]))
+                self.prefill_sig = _Signature(self.interpreter, contract.prefill_signature(g.prefill_length))
                 self.decode_sig = _Signature(self.interpreter, contract.DECODE)
         super().__init__(b, stores)
 
@@ -225,23 +198,8 @@ class InterpreterEngine(Engine):
         return self.decode_sig.output("logits")[0, -1].copy()
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """Points file descriptor 2 at /dev/null for a while: LiteRT's C++ logger writes there
-    directly and has no Python switch. Python errors still surface as exceptions."""
-    sys.stderr.flush()
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
-
-
 def _release_quietly(rt: types.SimpleNamespace) -> None:
-    with _native_stderr_silenced():
+    with native_stderr_silenced():
         rt.__dict__.pop("model", None)  # before the bytes it may have been built from (rt.section)
         gc.collect()
         rt.__dict__.clear()

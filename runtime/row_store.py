@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepack import plan
 from edgepack.errors import EdgepackError
 
 ADVICE = ("random", "normal", "willneed")
@@ -76,21 +77,22 @@ class HotRows:
 
 
 class RowStore:
-    def __init__(self, folder: Path, spec: dict, advice: str = "random", cache_mb: float = 0.0):
+    def __init__(self, path: Path, spec: plan.RowStore, advice: str = "random", cache_mb: float = 0.0):
+        """`path`: the store's file, already checked by the bundle (Bundle.file); `spec`: where in
+        it the table sits, checked against its size when the manifest was read."""
         self.spec = spec
-        self.rows, self.cols = (int(d) for d in spec["shape"])
-        self.scale = np.float32(spec["scale"])
-        self.dtype = spec["dtype"]
-        self.block = int(spec.get("block", self.cols))
-        path = folder / spec["file"]
-        width = {"float32": self.cols * 4, "int8": self.cols, "int4": self.cols // 2}[self.dtype]
-        self.table = np.memmap(path, dtype=np.uint8, mode="r", offset=int(spec["offset"]), shape=(self.rows, width))
+        self.rows, self.cols = spec.rows, spec.cols
+        self.scale = np.float32(spec.scale)
+        self.dtype = spec.dtype
+        self.block = spec.block or self.cols
+        width = spec.row_bytes
+        self.table = np.memmap(path, dtype=np.uint8, mode="r", offset=spec.offset, shape=(self.rows, width))
         _advise(self.table, advice)
         self.scales = None
         if self.dtype == "float32":
             self.table = self.table.view(np.float32)
         else:
-            self.scales = np.memmap(path, dtype=np.float32, mode="r", offset=int(spec["scales_offset"]),
+            self.scales = np.memmap(path, dtype=np.float32, mode="r", offset=spec.scales_offset,
                                     shape=(self.rows, self.cols // self.block))
             _advise(self.scales, advice)
         # decode's buffers, reused every token

@@ -23,6 +23,8 @@ class SamplingParams:
             raise EdgepackError(f"--top-k must be >= 0 (0 turns it off), got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise EdgepackError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise EdgepackError(f"--seed must be a whole number from 0 to 2**63 - 1, got {self.seed}")
         return self
 
 
@@ -36,7 +38,7 @@ class Sampler:
         if p.temperature == 0 or p.top_k == 1:
             return int(np.argmax(logits))
         x = logits.astype(np.float64) / p.temperature
-        if p.top_k:
+        if p.top_k and p.top_k < len(x):  # a k past the vocabulary keeps every token
             kth = np.partition(x, -p.top_k)[-p.top_k]
             x = np.where(x < kth, -np.inf, x)
         probs = np.exp(x - x.max())

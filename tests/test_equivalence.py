@@ -38,10 +38,10 @@ def reference_greedy(model, ids: list[int], n: int):
 @pytest.mark.parametrize("name", MODELS)
 def test_greedy_and_logits_match_transformers(name, fmt, api, bundle, reference, monkeypatch):
     from edgepack.runtime import Generator
-    from edgepack.runtime.litert_engine import API_ENV
+    from edgepack.system import LITERT_API_ENV
 
     if api:
-        monkeypatch.setenv(API_ENV, api)
+        monkeypatch.setenv(LITERT_API_ENV, api)
     gen = Generator(bundle(name, fmt))
     assert getattr(gen.engine, "api", None) == api
     window = gen.bundle.manifest["model"]["config"]["sliding_window"]

@@ -16,7 +16,7 @@ def test_eval_matches_transformers_perplexity(bundle, checkpoint, capsys):
     from edgepack.cli import main
     from edgepack.converters.reference import all_position_logits
     from edgepack.runtime import Generator
-    from edgepack.runtime.evaluate import eval_ids, log_softmax
+    from edgepack.evaluate import eval_ids, log_softmax
 
     folder = bundle("gemma3n_multimodal", "onnx")
     assert main(["eval", str(folder), "--text", str(GPL3), "--tokens", str(TINY_CONTEXT),

@@ -28,11 +28,11 @@ print(json.dumps({"peak": peak_rss(), "engine": type(gen.engine).__name__}))
 def test_predicted_peak_matches_measured(name, api, bundle, monkeypatch):
     """A separate process loads the bundle and generates; its peak RSS (the kernel's high-water
     mark) is within 15% of the prediction made from the manifest alone."""
-    from edgepack.runtime.litert_engine import API_ENV
+    from edgepack.system import LITERT_API_ENV
 
     folder = bundle(name, "onnx" if api is None else "litertlm")
     if api:
-        monkeypatch.setenv(API_ENV, api)
+        monkeypatch.setenv(LITERT_API_ENV, api)
     proc = subprocess.run([sys.executable, "-c", MEASURE, str(folder)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     measured = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -78,8 +78,8 @@ def test_hot_row_cache_is_counted_as_the_store_allocates_it(bundle):
     from edgepack.runtime.row_store import RowStore
 
     b = Bundle(bundle("gemma3n_causal", "onnx", "int4"))
-    spec = b.manifest["row_stores"]["per_layer_embeddings"]
-    store = RowStore(b.path, spec, cache_mb=0.5)
+    spec = b.plan.row_stores["per_layer_embeddings"]
+    store = RowStore(b.file(spec.file), spec, cache_mb=0.5)
     fp, plain = predict(b, row_cache_mb=0.5), predict(b)
     assert fp.parts["row_cache"] == store.cache.slab.nbytes > 0
     assert sum(fp.parts.values()) - sum(plain.parts.values()) == store.cache.slab.nbytes

@@ -13,14 +13,15 @@ import pytest
 
 from edgepack.bundle import Bundle
 from edgepack.runtime.litert_cache import planned_files
-from edgepack.runtime.litert_engine import API_ENV, litert_engine
+from edgepack.runtime.litert_engine import litert_engine
+from edgepack.system import LITERT_API_ENV
 
 IDS = np.array([2, 651, 6037, 529, 7001, 563], np.int32)
 
 
 def decode_logits(folder, cache, monkeypatch) -> np.ndarray:
     monkeypatch.setenv("EDGEPACK_CACHE", str(cache))
-    monkeypatch.setenv(API_ENV, "compiled")
+    monkeypatch.setenv(LITERT_API_ENV, "compiled")
     engine = litert_engine(Bundle(folder), threads=2)
     engine.reset()
     engine.prefill(IDS[:-1])

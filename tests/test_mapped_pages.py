@@ -28,7 +28,7 @@ def mapped_and_resident(path: Path) -> tuple[int, int]:
 
 
 def test_weights_read_for_repacking_leave_the_resident_set(bundle):
-    from edgepack.runtime.engines import OnnxEngine
+    from edgepack.runtime.onnx_engine import OnnxEngine
 
     b = Bundle(bundle("gemma3n_causal", "onnx", "int4"))
     data = b.file("model.onnx.data")

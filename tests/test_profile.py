@@ -65,15 +65,20 @@ def test_a_4bit_lm_head_is_planned_apart_from_the_lookup_table():
     assert "embedding" not in onnx4 and onnx4["lm_head"]["bytes"] == int4_block32(vocab * hidden)
 
 
-@pytest.mark.parametrize("fmt,quant", [("litertlm", "int4"), ("onnx", "int4"), ("litertlm", "int4-head4")])
-def test_plan_before_converting_matches_the_export(fmt, quant, checkpoint, bundle):
+@pytest.mark.parametrize("name,fmt,quant", [
+    # the multimodal layout (text under model.language_model, towers beside it) and the quantized
+    # recipes on the causal layout: bundles other tests export too
+    ("gemma3n_multimodal", "litertlm", "none"), ("gemma3n_multimodal", "onnx", "none"),
+    ("gemma3n_causal", "litertlm", "int4"), ("gemma3n_causal", "onnx", "int4"),
+    ("gemma3n_causal", "litertlm", "int4-head4"),
+])
+def test_plan_before_converting_matches_the_export(name, fmt, quant, checkpoint, bundle):
     """What `profile CHECKPOINT --quant RECIPE` plans is what `export --quant RECIPE` writes."""
     from edgepack.bundle import Bundle
     from edgepack.footprint import predict
 
-    fp, comps = plan_from_checkpoint(str(checkpoint("gemma3n_multimodal")), quant, fmt, 64, 8,
-                                     "onnx" if fmt == "onnx" else "compiled")
-    b = Bundle(bundle("gemma3n_multimodal", fmt, quant))
+    fp, comps = plan_from_checkpoint(str(checkpoint(name)), quant, fmt, 64, 8, "onnx" if fmt == "onnx" else "compiled")
+    b = Bundle(bundle(name, fmt, quant))
     written = b.manifest["precision"]["components"]
     assert set(comps) == set(written)
     for name, c in comps.items():

@@ -41,7 +41,7 @@ def fp32_perplexity() -> float:
     pytest.param("litertlm", "int4", 1.03, marks=pytest.mark.xfail(strict=True, reason=SYMMETRIC_INT4)),
 ])
 def test_quantized_270m_keeps_perplexity(fmt, quant, limit, fp32_perplexity, bundle_270m):
-    from edgepack.runtime.evaluate import evaluate
+    from edgepack.evaluate import evaluate
 
     assert 15.8 < fp32_perplexity < 15.95  # transformers' fp32 figure for this text (15.87)
     folder = bundle_270m(fmt, quant)

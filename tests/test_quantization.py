@@ -232,20 +232,20 @@ def test_lm_head_rounded_in_row_blocks_is_what_ai_edge_quantizer_writes(quant, c
     softcap's 1/30 into a head that large and keeps it as a MUL after the head; the stand-in
     piece always has it folded, as here: docs/full-size.md compares the two at E2B size.)"""
     from edgepack.converters import litertlm_pieces, quant_plan, recipes, sources, tflite_quant
-    from edgepack.converters.export import ExportOptions, build_decoder, cache_lengths, load_weights, plan_weights
+    from edgepack.converters.decoder import load_weights
+    from edgepack.converters.planner import plan_export
 
     src = sources.open_source(checkpoint("gemma3n_causal"))
-    model, cfg = build_decoder(src, "tflite")
-    plans = quant_plan.main_model_plans(plan_weights(model, src, recipes.load(quant), "litertlm"))
-    opts = ExportOptions(format="litertlm", quant=quant, max_context=64, prefill_len=8)
-    lengths = cache_lengths(cfg, opts)
-    spec = litertlm_pieces.plan(model, cfg, opts.prefill_len, lengths)[-1]
+    p = plan_export(src.family, src.config, recipes.load(quant), "litertlm", 64, 8, src.storage)
+    model, cfg, lengths = p.decoder, p.config, p.graph.cache_lengths
+    plans = quant_plan.main_model_plans(p.tensors)
+    spec = litertlm_pieces.plan(model, cfg, p.prefill_len, lengths)[-1]
     ours, theirs = tmp_path / "ours.tflite", tmp_path / "theirs.tflite"
     head = plans[quant_plan.EMBEDDING]
     load_weights(model, src, only=set(spec.params) - {quant_plan.EMBEDDING}, progress=None)
-    litertlm_pieces.convert_exit(spec, cfg, src, head, opts.prefill_len, lengths, opts.max_context, ours)
+    litertlm_pieces.convert_exit(spec, cfg, src, head, p.prefill_len, lengths, p.max_context, ours)
     load_weights(model, src, only=set(spec.params), progress=None)
-    litertlm_pieces.convert(spec, cfg, opts.prefill_len, lengths, opts.max_context, theirs)
+    litertlm_pieces.convert(spec, cfg, p.prefill_len, lengths, p.max_context, theirs)
     weights = {quant_plan.EMBEDDING: dict(model.named_parameters())[quant_plan.EMBEDDING].detach().numpy()}
     assert tflite_quant.quantize_file(theirs, plans, weights) == 1
     a, b = _tflite_contents(ours), _tflite_contents(theirs)
@@ -265,14 +265,14 @@ def test_quantized_ple_rows_match_the_litert_interpreter(bundle, tmp_path):
     from edgepack.runtime.row_store import RowStore
 
     b = Bundle(bundle("gemma3n_causal", "litertlm", "int4"))
-    spec = b.manifest["row_stores"]["per_layer_embeddings"]
-    assert spec["dtype"] == "int4"
+    spec = b.plan.row_stores["per_layer_embeddings"]
+    assert spec.dtype == "int4"
     sec = next(s for s in b.manifest["graph"]["sections"] if s["model_type"] == "tf_lite_per_layer_embedder")
     with open(b.path / "model.litertlm", "rb") as f:
         f.seek(sec["offset"])
         (tmp_path / "ple.tflite").write_bytes(f.read(sec["size"]))
     run = Interpreter(model_path=str(tmp_path / "ple.tflite")).get_signature_runner("per_layer_embedder")
-    store = RowStore(b.path, spec)
+    store = RowStore(b.file(spec.file), spec)
     ids = np.array([0, 7, 2, 262_143, 300_000])
     want = np.stack([run(token_ids=np.array([[i]], np.int32))["embeddings"].reshape(-1) for i in ids])
     np.testing.assert_array_equal(store.gather(ids), want)  # prefill: one vectorized read
@@ -282,7 +282,7 @@ def test_quantized_ple_rows_match_the_litert_interpreter(bundle, tmp_path):
     # LRU over 3 slots: hits at the 4th, 6th and 9th, the rest misses
     row_bytes = 4 * store.cols
     for cache_mb in (0.0, 3 * row_bytes / 2**20):
-        one = RowStore(b.path, spec, cache_mb=cache_mb)
+        one = RowStore(b.file(spec.file), spec, cache_mb=cache_mb)
         for k in [0, 1, 2, 0, 3, 4, 1, 2, 4]:
             np.testing.assert_array_equal(one.gather(ids[k:k + 1])[0], want[k])
         if cache_mb:
@@ -308,7 +308,7 @@ def test_decoding_ple_rows_allocates_nothing(bits, tmp_path):
     spec = row_tables.write(tmp_path / "ple.bin", [table[:40], table[40:]], (rows, cols), plan, 16.0)
     ids = np.random.default_rng(1).integers(0, rows, 200)
     for cache_mb in (0.0, 8 * 4 * cols / 2**20):
-        store = RowStore(tmp_path, spec, cache_mb=cache_mb)
+        store = RowStore(tmp_path / spec.file, spec, cache_mb=cache_mb)
         want = store.gather(ids)
         store.gather(ids[:1])
         tracemalloc.start()

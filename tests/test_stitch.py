@@ -10,12 +10,12 @@ prefill signature free of the layers that only feed logits.
 from __future__ import annotations
 
 import collections
-from pathlib import Path
 
 from edgepack import contract
 from edgepack.bundle import Bundle
-from edgepack.converters import litertlm_export as lx, sources
-from edgepack.converters.export import ExportOptions, build_decoder, cache_lengths, load_weights
+from edgepack.converters import litertlm_export as lx, recipes, sources
+from edgepack.converters.decoder import load_weights
+from edgepack.converters.planner import plan_export
 from checkpoints import TINY_CONTEXT, TINY_PREFILL
 
 WORK = ("FULLY_CONNECTED", "BATCH_MATMUL", "EMBEDDING_LOOKUP", "DYNAMIC_UPDATE_SLICE")
@@ -44,10 +44,10 @@ def test_stitched_main_model_has_the_whole_graphs_operators(checkpoint, bundle, 
         stitched = operator_counts(fb.read_model_from_bytearray(bytearray(f.read(main["size"]))))
 
     src = sources.open_source(checkpoint("gemma3n_causal"))
-    model, cfg = build_decoder(src, "tflite")
-    load_weights(model, src, progress=None)
-    opts = ExportOptions(format="litertlm", max_context=TINY_CONTEXT, prefill_len=TINY_PREFILL)
-    lx.convert_main(model, cfg, TINY_PREFILL, TINY_CONTEXT, cache_lengths(cfg, opts), tmp_path / "whole.tflite")
+    p = plan_export(src.family, src.config, recipes.NONE, "litertlm", TINY_CONTEXT, TINY_PREFILL, src.storage)
+    load_weights(p.decoder, src, progress=None)
+    lx.convert_main(p.decoder, p.config, TINY_PREFILL, TINY_CONTEXT, p.graph.cache_lengths, tmp_path / "whole.tflite",
+                    embeddings=True, per_layer=True)
     whole = operator_counts(fb.read_model(str(tmp_path / "whole.tflite")))
 
     assert set(stitched) == set(whole) == {contract.prefill_signature(TINY_PREFILL), contract.DECODE}

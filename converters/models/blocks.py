@@ -64,7 +64,7 @@ class OffsetRMSNorm(nn.Module):
 def rope_inv_freq(head_dim: int, theta: float, factor: float = 1.0) -> torch.Tensor:
     """Default RoPE inverse frequencies; `factor` is transformers' "linear" scaling. Computed as
     transformers does (float32 arange, float exponent); from numpy so that a model built on the
-    meta device (export.build_decoder) still gets real values."""
+    meta device (planner.plan_export) still gets real values."""
     exponent = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
     inv = torch.from_numpy(exponent.astype(np.float32))
     return (1.0 / (theta ** inv)) / factor

@@ -1,8 +1,8 @@
 """Gemma 3 text decoder (Gemma3ForCausalLM, incl. the 270M), re-authored for export.
 
 Module and attribute names mirror the checkpoint's tensor names (`model.layers.3.self_attn.q_proj`
-...), so a Hugging Face state dict loads with `load_state_dict` and no mapping table. The numerical
-reference is transformers' `models/gemma3/modeling_gemma3.py`.
+...), so each checkpoint tensor is read into the parameter of the same name (converters/decoder.py)
+with no mapping table. The numerical reference is transformers' `models/gemma3/modeling_gemma3.py`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import math
 import torch
 from torch import nn
 
-from edgepack import contract
-from edgepack.converters.models import blocks
+from edgepack.converters.models import blocks, family
+from edgepack.errors import EdgepackError
 
 
 @dataclasses.dataclass
@@ -56,7 +56,7 @@ class Gemma3Config:
             num_attention_heads=cfg["num_attention_heads"],
             num_key_value_heads=cfg["num_key_value_heads"],
             head_dim=cfg.get("head_dim", 256),
-            layer_types=contract.layer_types("gemma3", cfg),
+            layer_types=family.layer_types(cfg, every=int(cfg.get("sliding_window_pattern", 6))),
             sliding_window=cfg.get("sliding_window", 512),
             query_pre_attn_scalar=cfg.get("query_pre_attn_scalar", 256),
             rope_theta=theta,
@@ -83,7 +83,7 @@ def rope_settings(cfg: dict, default_global: float, default_local: float) -> tup
             p = {"rope_theta": legacy or default, **(scaling or {})}
         rope_type = p.get("rope_type", p.get("type", "default"))
         if rope_type not in ("default", "linear"):
-            raise ValueError(f"RoPE type {rope_type!r} is not supported (default and linear are)")
+            raise EdgepackError(f"the checkpoint's RoPE type {rope_type!r} is not supported (default and linear are)")
         theta[kind] = float(p.get("rope_theta", default))
         factor[kind] = float(p.get("factor", 1.0)) if rope_type == "linear" else 1.0
     return theta, factor
@@ -179,3 +179,13 @@ class Gemma3ForCausalLM(nn.Module):
             h = self.model.norm(x[:, -1:])
             out["logits"] = blocks.softcap(self.model.embed_tokens.logits(h), cfg.final_logit_softcapping)
         return out
+
+
+FAMILY = family.Family(
+    name="gemma3",
+    architectures={"Gemma3ForCausalLM": ("model.", None),
+                   "Gemma3ForConditionalGeneration": ("model.language_model.", "text_config")},
+    config_from_hf=Gemma3Config.from_hf,
+    decoder=Gemma3ForCausalLM,
+    litertlm_model_type="gemma3",
+)

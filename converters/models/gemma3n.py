@@ -1,13 +1,14 @@
 """Gemma 3n text decoder (E2B, E4B and any MatFormer slice), re-authored for export.
 
 Attribute names mirror the checkpoint (`model.language_model.layers.7.altup.modality_router` ...),
-so state dicts load without a mapping table. Numerical reference: transformers'
-`models/gemma3n/modeling_gemma3n.py`; the maths is summarised in shared/reference/gemma3n.md.
+so each checkpoint tensor is read into the parameter of the same name with no mapping table.
+Numerical reference: transformers' `models/gemma3n/modeling_gemma3n.py`.
 
 What is deliberately not in this graph: the per-layer embedding table `embed_tokens_per_layer`
 (2.0B of E2B's parameters). Looking a row up is a pure function of the token id, so it lives in a
 memory-mapped store and the graph receives the gathered rows as `per_layer_embeddings`
-[1, T, L, 256], already scaled by sqrt(256). Projection, norm and merge (steps 3-4) stay here.
+[1, T, L, 256], already scaled by sqrt(256); the per-layer projection, its norm and the merge of
+the two stay here (`per_layer_inputs`). `FAMILY` at the end says so to the rest of the tree.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgepack import contract
-from edgepack.converters.models import blocks
+from edgepack.converters.models import blocks, family
 from edgepack.converters.models.gemma3 import rope_settings
 
 
@@ -90,7 +91,7 @@ class Gemma3nConfig:
             num_attention_heads=cfg["num_attention_heads"],
             num_key_value_heads=cfg["num_key_value_heads"],
             head_dim=cfg.get("head_dim", 256),
-            layer_types=contract.layer_types("gemma3n", cfg),
+            layer_types=family.layer_types(cfg, every=5),
             sliding_window=cfg.get("sliding_window", 512),
             num_kv_shared_layers=cfg.get("num_kv_shared_layers", 0),
             activation_sparsity_pattern=list(sparsity),
@@ -351,3 +352,34 @@ class Embedder(nn.Module):
     def forward(self, token_ids):
         ids = torch.clamp(token_ids, min=0)
         return {"embeddings": F.embedding(ids, self.table) * self.scale}  # EMBEDDING_LOOKUP
+
+
+PLE_TABLE = "model.embed_tokens_per_layer.weight"
+
+FAMILY = family.Family(
+    name="gemma3n",
+    architectures={"Gemma3nForConditionalGeneration": ("model.language_model.", "text_config"),
+                   "Gemma3nForCausalLM": ("model.", None)},
+    config_from_hf=Gemma3nConfig.from_hf,
+    decoder=Gemma3nForCausalLM,
+    litertlm_model_type="gemma3n",
+    tables={
+        # LiteRT-LM's Gemma 3n runs an embedder graph of its own; the main graph takes embeddings
+        "embeddings": family.Table(
+            "model.embed_tokens.weight", shape=lambda cfg: (cfg.vocab_size, cfg.hidden_size),
+            scale=lambda cfg: math.sqrt(cfg.hidden_size), formats=("litertlm",),
+            section="tf_lite_embedder", signature=contract.EMBEDDER_SIGNATURE,
+            module=lambda table, cfg: Embedder(table, math.sqrt(cfg.hidden_size))),
+        # the per-layer embedding table (2.0B of E2B's parameters) never enters a graph
+        "per_layer_embeddings": family.Table(
+            PLE_TABLE, shape=lambda cfg: (cfg.vocab_size_per_layer_input,
+                                          cfg.num_hidden_layers * cfg.hidden_size_per_layer_input),
+            scale=lambda cfg: math.sqrt(cfg.hidden_size_per_layer_input), formats=("litertlm", "onnx"),
+            section="tf_lite_per_layer_embedder", signature=contract.PER_LAYER_EMBEDDER_SIGNATURE,
+            module=PerLayerEmbedder),
+    },
+    piecewise_litertlm=True,
+    # KV-shared layers read an earlier layer's cache: the real checkpoints still carry their K/V
+    unused_tensors=lambda cfg: [f"model.layers.{i}.self_attn.{p}.weight" for i in
+                                range(cfg.first_shared_layer, cfg.num_hidden_layers) for p in ("k_proj", "v_proj", "k_norm")],
+)

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from edgepack.bundle import Bundle
 from edgepack.errors import EdgepackError
-from edgepack.runtime.generate import Generator
+from edgepack.runtime import Generator
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,73 @@
+"""What edgepack asks of the operating system and the machine, for the converters, the runtime and
+the tools alike: how many threads, which LiteRT API this CPU can run, handing freed heap back, and
+keeping native libraries' own logging off the user's terminal."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import platform
+import sys
+from typing import Iterator
+
+from edgepack.errors import EdgepackError
+
+LITERT_API_ENV = "EDGEPACK_LITERT_API"  # "compiled" | "interpreter": overrides litert_api()
+_AT_HWCAP = 16
+_HWCAP_ATOMICS = 1 << 8  # arm64 <asm/hwcap.h>
+
+
+def default_threads() -> int:
+    """The cores this process may use (a Pi 4 has 4; containers may allow fewer)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def has_lse_atomics() -> bool:
+    """True unless this is an arm64 core without LSE atomics (the kernel's HWCAP, which qemu-user
+    also sets from the CPU model it emulates)."""
+    if platform.machine().lower() not in ("aarch64", "arm64"):
+        return True
+    try:
+        hwcap = ctypes.CDLL(None).getauxval(ctypes.c_ulong(_AT_HWCAP))
+    except (AttributeError, OSError):
+        return False  # can't tell: the interpreter runs everywhere
+    return bool(hwcap & _HWCAP_ATOMICS)
+
+
+def litert_api(env: dict | None = None) -> str:
+    """'compiled' or 'interpreter': the LiteRT API a process with `env` (default: this one's) runs
+    on this machine. A CompiledModel environment executes LSE atomics, which the Raspberry Pi 4's
+    Cortex-A72 lacks (SIGILL); EDGEPACK_LITERT_API overrides the choice."""
+    env = os.environ if env is None else env
+    api = env.get(LITERT_API_ENV) or ("compiled" if has_lse_atomics() else "interpreter")
+    if api not in ("compiled", "interpreter"):
+        raise EdgepackError(f"{LITERT_API_ENV} must be 'compiled' or 'interpreter', got {api!r}")
+    return api
+
+
+def release_freed_heap() -> None:
+    """Hands glibc's freed heap back to the kernel (a no-op elsewhere): what a process frees
+    stays in its resident set until then."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Points file descriptor 2 at /dev/null for a while: LiteRT's C++ logger writes there
+    directly and has no Python switch. Python errors still surface as exceptions."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
