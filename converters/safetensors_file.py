@@ -28,6 +28,12 @@ _MAX_HEADER = 100 << 20  # the reference implementation's own limit
 _BLOCK = 16 << 20  # bf16 values read at a time (32 MiB)
 
 
+def _ints(v, length: int | None = None) -> bool:
+    """A list of non-negative whole numbers (of `length` entries, when given)."""
+    return (isinstance(v, list) and (length is None or len(v) == length)
+            and all(type(x) is int and x >= 0 for x in v))
+
+
 class SafetensorsFile:
     def __init__(self, path: Path):
         self.path = path
@@ -43,11 +49,19 @@ class SafetensorsFile:
                 raise EdgepackError(f"{path}: unreadable safetensors header ({e})") from None
         self.data_start = 8 + n
         self.tensors: dict[str, tuple[str, tuple[int, ...], int]] = {}  # name -> (dtype, shape, offset)
+        if not isinstance(header, dict):
+            raise EdgepackError(f"{path}: the safetensors header is not a JSON object")
         for name, t in header.items():
             if name == "__metadata__":
                 continue
-            begin, end = (int(o) for o in t["data_offsets"])
-            shape = tuple(int(d) for d in t["shape"])
+            if not (isinstance(t, dict) and isinstance(t.get("dtype"), str) and _ints(t.get("data_offsets"), 2)
+                    and _ints(t.get("shape"))):
+                raise EdgepackError(f"{path}: tensor {name!r} has no dtype, shape and data_offsets "
+                                    "(not a safetensors header)")
+            begin, end = t["data_offsets"]
+            shape = tuple(t["shape"])
+            if not 0 <= begin <= end:
+                raise EdgepackError(f"{path}: tensor {name!r} has data_offsets out of order")
             item = _ITEMSIZE.get(t["dtype"])
             if (item is not None and end - begin != math.prod(shape) * item) or self.data_start + end > size:
                 raise EdgepackError(f"{path}: tensor {name} does not fit its shape {list(shape)} or the file "

@@ -14,6 +14,7 @@ import os
 import shutil
 import stat
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -47,6 +48,11 @@ def check_replaceable(target: Path, force: bool, source: Path | None = None) -> 
     `force`; with it, anything but an edgepack bundle (a manifest and only the files it lists),
     the source being read, or a folder holding it."""
     if not (target.exists() or target.is_symlink()):
+        parent = target.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise EdgepackError(f"cannot write {target}: {parent} is not a writable folder")
         return
     if not force:
         raise EdgepackError(f"{target} already exists (use --force to replace it)")
@@ -55,7 +61,7 @@ def check_replaceable(target: Path, force: bool, source: Path | None = None) -> 
         raise EdgepackError(f"refusing to replace {target}: the source being exported is in it")
     try:
         raw = json.loads(_read_regular(real / MANIFEST, MAX_MANIFEST_BYTES))
-        listed = {f["path"].split("/")[0] for f in raw["files"]} | {MANIFEST}
+        listed = {f["path"].split("/")[0] for f in raw["files"]} | {MANIFEST, MANIFEST + ".sig"}
         ours = raw["format"] == FORMAT_NAME and {p.name for p in real.iterdir()} <= listed
     except (OSError, ValueError, KeyError, TypeError, AttributeError, EdgepackError):
         ours = False
@@ -71,9 +77,12 @@ def staging(target: Path, force: bool = False, complete_when: str = MANIFEST) ->
     target = target.resolve()
     if target.exists() and not force:
         raise EdgepackError(f"{target} already exists (use --force to replace it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_stages(target)
-    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{os.getpid()}-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned_stages(target)
+        stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{os.getpid()}-", dir=target.parent))
+    except OSError as e:
+        raise EdgepackError(f"cannot write {target}: {e.strerror or e}") from None
     stage.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
     try:
         yield stage
@@ -112,7 +121,9 @@ class Bundle:
     same document as parsed JSON. Every file the runtime opens is one of `plan.files`, reached
     through `file()`, which keeps it inside the folder. `verify()` checks their sizes and sha256."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, trusted_keys: list | None = None):
+        """`trusted_keys` (public key files, or raw 32-byte Ed25519 keys): the bundle must carry a
+        signature by one of them (edgepack/signing.py), checked before the manifest is parsed."""
         self.path = Path(path).expanduser()
         mpath = self.path / MANIFEST
         if self.path.name == MANIFEST and self.path.is_file():
@@ -123,8 +134,14 @@ class Bundle:
             raise EdgepackError(f"{self.path} is not an edgepack bundle: no {MANIFEST}")
         if not mpath.is_file():
             raise EdgepackError(f"{mpath} is not a file")
+        raw = _read_regular(mpath, MAX_MANIFEST_BYTES)
+        if trusted_keys:
+            from edgepack import signing
+
+            keys = [k if isinstance(k, bytes) else signing.load_public_key(Path(k)) for k in trusted_keys]
+            signing.verify(raw, mpath.with_name(mpath.name + signing.SIGNATURE_SUFFIX), keys)
         try:
-            self.manifest = json.loads(_read_regular(mpath, MAX_MANIFEST_BYTES))
+            self.manifest = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise EdgepackError(f"{mpath} is corrupt: {e}") from None
         self.plan = BundlePlan.from_manifest(self.manifest, str(mpath))
@@ -155,6 +172,27 @@ class Bundle:
                 raise EdgepackError(f"bundle file {p} is {size} bytes, manifest says {entry.size} (truncated?)")
             if checksums and sha256_file(p) != entry.sha256:
                 raise EdgepackError(f"bundle file {p} fails its sha256 check (altered or corrupt)")
+        if checksums and self.format == "litertlm":
+            self._check_embedded_tokenizer()
+
+    def _check_embedded_tokenizer(self) -> None:
+        """LiteRT-LM reads the tokenizer inside the .litertlm, edgepack's runtime tokenizer.json:
+        both must be the same bytes, or the two engines would read other tokens from one bundle."""
+        section = next((s for s in self.graph.sections or [] if s.data_type == "HF_Tokenizer_Zlib"), None)
+        if section is None:
+            raise EdgepackError(f"{self.path}: the .litertlm has no HF_Tokenizer_Zlib section")
+        ours = self.file(self.plan.tokenizer.file).read_bytes()
+        with open(self.file(self.graph.file), "rb") as f:
+            f.seek(section.offset)
+            blob = f.read(section.size)
+        inflate = zlib.decompressobj()
+        try:  # 8 bytes of uncompressed size, then zlib; never inflated past tokenizer.json's size
+            theirs = inflate.decompress(blob[8:], len(ours) + 1)
+        except zlib.error:
+            theirs = None
+        if int.from_bytes(blob[:8], "little") != len(ours) or theirs != ours:
+            raise EdgepackError(f"{self.path}: the tokenizer inside {self.graph.file} is not "
+                                f"{self.plan.tokenizer.file} (LiteRT-LM and edgepack would tokenize differently)")
 
     @property
     def format(self) -> str:

@@ -51,14 +51,15 @@ def _run(a) -> None:
     from edgepack.runtime import Generator, SamplingParams
     from edgepack.runtime.generate import check_max_new_tokens
 
-    # Checked before loading: a bundle can take seconds to load.
+    # Checked before the checksums and the load: both can take seconds.
     sampling = SamplingParams(a.temperature, a.top_k, a.top_p, a.seed).validate()
     check_max_new_tokens(a.max_new_tokens)
+    check_text(a.prompt, "--prompt")
     from edgepack.runtime.row_store import StoreOptions
 
     stores = StoreOptions(a.ple_cache_mb, a.ple_advice)
     gen = Generator(a.bundle, threads=a.threads, verify=not a.no_verify, memory_check=not a.no_memory_check,
-                    stores=stores)
+                    stores=stores, trusted_keys=a.trusted_key)
     for piece in gen.stream(a.prompt, a.max_new_tokens, sampling, chat=a.chat):
         sys.stdout.write(piece)
         sys.stdout.flush()
@@ -70,12 +71,13 @@ def _run(a) -> None:
 def _eval(a) -> None:
     from pathlib import Path
 
-    from edgepack.evaluate import evaluate
+    from edgepack.evaluate import evaluate, read_text
 
-    text = Path(a.text).expanduser()
-    if not text.is_file():
-        raise EdgepackError(f"text file not found: {text}")
-    result = evaluate(a.bundle, text.read_text(errors="replace"), a.tokens, a.reference, a.threads)
+    if a.tokens < 2:
+        raise EdgepackError(f"--tokens must be >= 2, got {a.tokens}")
+    if a.reference is not None and not Path(a.reference).expanduser().exists() and a.reference != "gemma-3-270m":
+        raise EdgepackError(f"--reference not found: {a.reference}")
+    result = evaluate(a.bundle, read_text(Path(a.text).expanduser(), a.tokens), a.tokens, a.reference, a.threads)
     if a.json:
         print(json.dumps(result.as_dict(), indent=2))
         return
@@ -98,8 +100,8 @@ def _profile(a) -> None:
 
     if bool(a.target) == bool(a.preset):
         raise EdgepackError("give a bundle or checkpoint, or --preset NAME (one of them)")
-    if a.context < 2 or a.prompt_tokens < 1 or a.tokens < 1:
-        raise EdgepackError("--context must be >= 2, --prompt-tokens and --tokens >= 1")
+    if not 2 <= a.context <= 1 << 20 or a.prompt_tokens < 1 or a.tokens < 1 or a.prefill_len < 1:
+        raise EdgepackError("--context must be from 2 to 2**20, --prompt-tokens, --tokens and --prefill-len >= 1")
     r = profile(a.target, a.preset, a.quant, a.format, a.context, a.prefill_len, a.device, run=not a.no_run,
                 prompt_tokens=a.prompt_tokens, new_tokens=a.tokens)
     if a.html:
@@ -116,10 +118,29 @@ def _inspect(a) -> None:
     from edgepack.bundle import Bundle
     from edgepack.inspect import summary
 
-    b = Bundle(a.bundle)
+    b = Bundle(a.bundle, a.trusted_key)
     b.verify(checksums=not a.no_verify)
     info = summary(b, checksums_verified=not a.no_verify)
     print(json.dumps(info, indent=2) if a.json else info["text"])
+
+
+def _keygen(a) -> None:
+    from pathlib import Path
+
+    from edgepack.signing import generate_key
+
+    print(f"wrote {a.key} (private: keep it) and {generate_key(Path(a.key).expanduser())} (public)", file=sys.stderr)
+
+
+def _sign(a) -> None:
+    from pathlib import Path
+
+    from edgepack.bundle import MANIFEST, Bundle
+    from edgepack.signing import sign
+
+    b = Bundle(a.bundle)
+    b.verify()  # only what is intact gets a signature
+    print(f"wrote {sign(b.path / MANIFEST, Path(a.key).expanduser())}", file=sys.stderr)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -181,6 +202,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1]; 1 = off")
     r.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     r.add_argument("--chat", action="store_true", help="wrap the prompt in the bundle's chat template")
+    r.add_argument("--trusted-key", action="append", metavar="PUBKEY",
+                   help="require the bundle to be signed by this Ed25519 public key (repeatable: any of them)")
     r.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle files")
     r.add_argument("--no-memory-check", action="store_true",
                    help="load even when the predicted peak memory is over this process's budget "
@@ -253,8 +276,32 @@ def parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("inspect", parents=[bundle_arg, json_arg], help="summarise a bundle and verify its checksums")
     i.add_argument("--no-verify", action="store_true", help="check sizes only, not sha256")
+    i.add_argument("--trusted-key", action="append", metavar="PUBKEY",
+                   help="require the bundle to be signed by this Ed25519 public key (repeatable: any of them)")
     i.set_defaults(func=_inspect)
+
+    g = sub.add_parser("keygen", help="make an Ed25519 key pair for signing bundles",
+                       description="Writes KEY (the private key, PEM, readable by you only) and KEY.pub (the public "
+                                   "key that users pass to `run --trusted-key`).")
+    g.add_argument("key", help="private key file to create")
+    g.set_defaults(func=_keygen)
+
+    s = sub.add_parser("sign", parents=[bundle_arg], help="sign a bundle's manifest with an Ed25519 key",
+                       description="Writes manifest.json.sig: an Ed25519 signature over manifest.json, which pins "
+                                   "every file's size and sha256. `run --trusted-key KEY.pub` then refuses any "
+                                   "bundle not signed by that key. Checksums alone only catch corruption.")
+    s.add_argument("--key", required=True, help="private key (PEM), e.g. from `edgepack keygen`")
+    s.set_defaults(func=_sign)
     return p
+
+
+def check_text(text: str, flag: str) -> None:
+    """A command-line string that is not valid UTF-8 arrives with surrogate escapes: refuse it here
+    rather than fail in the tokenizer."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EdgepackError(f"{flag} is not valid UTF-8 text") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,6 +58,17 @@ def bundle_logits(gen: Generator, ids: list[int]) -> Callable[[int], np.ndarray]
     return step
 
 
+BYTES_PER_TOKEN = 64  # far more than any Gemma token's text: what is read of a text per token scored
+
+
+def read_text(path: Path, tokens: int) -> str:
+    """The start of a text file, as much as `tokens` tokens can need, not the whole file."""
+    if not path.is_file():
+        raise EdgepackError(f"text file not found (or not a regular file): {path}")
+    with open(path, "rb") as f:
+        return f.read(tokens * BYTES_PER_TOKEN).decode("utf-8", errors="replace")
+
+
 def evaluate(bundle: str | Path, text: str, tokens: int = 2048, reference: str | None = None,
              threads: int | None = None) -> EvalResult:
     gen = Generator(bundle, threads=threads)

@@ -19,6 +19,12 @@ def _lengths(lengths: list[int]) -> str:
     return ", ".join(f"{c} x {n} slots" for n, c in counts.items())
 
 
+def printable(text: str) -> str:
+    """A manifest's strings are the bundle maker's: control characters (terminal escapes) are shown
+    as escapes, never sent to the terminal."""
+    return "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in text)
+
+
 def summary(b: Bundle, checksums_verified: bool) -> dict:
     p = b.plan
     g, tok = p.graph, p.tokenizer
@@ -74,5 +80,5 @@ def summary(b: Bundle, checksums_verified: bool) -> dict:
     for f in p.files:
         lines.append(f"  {f.path:<28} {_mb(f.size):>12}  {f.role:<22} sha256 {f.sha256[:16]}…")
     lines.append(f"total        {_mb(total)}; checksums {info['checksums']}")
-    info["text"] = "\n".join(lines)
+    info["text"] = printable("\n".join(lines))
     return info

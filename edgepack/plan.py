@@ -215,15 +215,48 @@ class BundlePlan:
             if path not in listed:
                 raise EdgepackError(f"{where}: {field} {path!r} is not listed in files (unverifiable)")
         sizes = {f.path: f.size for f in self.files}
+        for s in g.sections or []:
+            if s.offset + s.size > sizes[g.file]:
+                raise EdgepackError(f"{where}: graph.sections: a {s.data_type} section reaches past the end of {g.file}")
+        _check_config(self.model.config, where)
+        _check_components(self.precision.components, where)
         for name, s in self.row_stores.items():
             if s.dtype != "float32" and (s.block is None or s.scales_offset is None or s.cols % s.block):
                 raise EdgepackError(f"{where}: row_stores.{name}: a quantized store needs a block dividing "
                                     f"its {s.cols} columns and a scales_offset")
-            if any(start + n > sizes[s.file] for start, n in s.byte_ranges):
+            ranges = sorted(s.byte_ranges)
+            if any(start + n > sizes[s.file] for start, n in ranges):
                 raise EdgepackError(f"{where}: row_stores.{name} reaches past the end of {s.file}")
+            if len(ranges) == 2 and ranges[0][0] + ranges[0][1] > ranges[1][0]:
+                raise EdgepackError(f"{where}: row_stores.{name}: its codes and scales overlap")
+            if s.file != g.file and (ranges[0][0] != 0 or sum(n for _, n in ranges) != sizes[s.file]):
+                # a store in a file of its own is exactly its codes then its scales (row_tables.py)
+                raise EdgepackError(f"{where}: row_stores.{name} does not cover {s.file} as its layout says")
 
     def file_entry(self, path: str) -> FileEntry:
         return next(f for f in self.files if f.path == path)
+
+
+def _check_config(config: dict, where: str) -> None:
+    """The settings of the model's config that readers compute with (the footprint, the runtime)."""
+    for key in ("num_hidden_layers", "hidden_size", "num_attention_heads"):
+        if type(config.get(key)) is not int or not 0 < config[key] < 1 << 20:
+            raise EdgepackError(f"{where}: model.config.{key} must be a positive whole number")
+    for key in ("altup_num_inputs", "hidden_size_per_layer_input"):
+        if key in config and (type(config[key]) is not int or not 0 < config[key] < 1 << 20):
+            raise EdgepackError(f"{where}: model.config.{key} must be a positive whole number")
+    ffn = config.get("intermediate_size", 0)
+    if not all(type(n) is int and 0 <= n < 1 << 24 for n in (ffn if isinstance(ffn, list) else [ffn])) or ffn == []:
+        raise EdgepackError(f"{where}: model.config.intermediate_size must be whole numbers")
+
+
+def _check_components(components: dict, where: str) -> None:
+    for name, c in components.items():
+        counts = ("bytes", "tensors", "exact", "rounded", "float")
+        if not (isinstance(c, dict) and isinstance(c.get("precisions"), list)
+                and all(isinstance(p, str) for p in c["precisions"])
+                and all(type(c.get(k)) is int and c[k] >= 0 for k in counts)):
+            raise EdgepackError(f"{where}: precision.components.{name} is not a component summary")
 
 
 def component_lines(components: dict) -> list[str]:

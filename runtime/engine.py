@@ -12,6 +12,7 @@ import numpy as np
 
 from edgepack import contract
 from edgepack.bundle import Bundle
+from edgepack.errors import EdgepackError
 from edgepack.runtime.row_store import RowStore, StoreOptions
 from edgepack.system import release_freed_heap
 
@@ -82,7 +83,11 @@ class Engine:
         release_freed_heap()  # the chunks' inputs and the engine's scratch: ~15 MiB on E2B
 
     def decode(self, token: int, pos: int) -> np.ndarray:
-        return self._run_decode(np.array([token], np.int32), np.array([pos], np.int32))
+        logits = self._run_decode(np.array([token], np.int32), np.array([pos], np.int32))
+        if logits.shape != (self.vocab_size,):
+            raise EdgepackError(f"{self.bundle.path}: the graph gives {logits.shape[-1]} logits, the manifest's "
+                                f"vocab_size is {self.vocab_size}")
+        return logits
 
     def _run_prefill(self, ids: np.ndarray, positions: np.ndarray) -> None:
         raise NotImplementedError

@@ -11,8 +11,8 @@ from edgepack.runtime.row_store import StoreOptions
 
 
 def open_engine(b: Bundle, threads: int | None = None, stores: StoreOptions = StoreOptions()) -> Engine:
-    if threads is not None and threads < 1:
-        raise EdgepackError(f"--threads must be >= 1, got {threads}")
+    if threads is not None and not 1 <= threads <= 1024:
+        raise EdgepackError(f"--threads must be from 1 to 1024, got {threads}")
     if b.format == "onnx":
         return OnnxEngine(b, threads, stores)
     return litert_engine(b, threads, stores)

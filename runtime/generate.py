@@ -17,6 +17,7 @@ import numpy as np
 from edgepack.bundle import Bundle
 from edgepack.errors import EdgepackError
 from edgepack.footprint import check_fits
+from edgepack.runtime import chat as chat_prompt
 from edgepack.runtime.engines import open_engine
 from edgepack.runtime.row_store import StoreOptions
 from edgepack.runtime.sampling import Sampler, SamplingParams
@@ -32,17 +33,22 @@ class StepResult:
 class Generator:
     """`verify` checks every file's sha256; `memory_check` refuses, before anything big is read,
     a bundle whose predicted peak (edgepack/footprint.py) is over what this process may use;
-    `stores` sets the per-layer embedding store's hot-row cache and kernel advice (row_store.py)."""
+    `stores` sets the per-layer embedding store's hot-row cache and kernel advice (row_store.py);
+    `trusted_keys` requires the bundle to be signed by one of them (edgepack/signing.py)."""
 
     def __init__(self, bundle: str | Path | Bundle, threads: int | None = None, verify: bool = True,
-                 memory_check: bool = True, stores: StoreOptions = StoreOptions()):
+                 memory_check: bool = True, stores: StoreOptions = StoreOptions(), trusted_keys: list | None = None):
         from tokenizers import Tokenizer
 
-        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle, trusted_keys)
         self.bundle.verify(checksums=verify)
         self.footprint = check_fits(self.bundle, stores.cache_mb) if memory_check else None
         tok = self.bundle.plan.tokenizer
-        self.tokenizer = Tokenizer.from_file(str(self.bundle.file(tok.file)))
+        path = self.bundle.file(tok.file)
+        try:
+            self.tokenizer = Tokenizer.from_file(str(path))
+        except Exception as e:  # the tokenizers library raises its own exception types
+            raise EdgepackError(f"{path} is not a tokenizer edgepack can read: {str(e).splitlines()[0][:200]}") from None
         release_freed_heap()  # parsing 262k pieces leaves ~200 MB freed but still mapped
         self.bos_id, self.add_bos = tok.bos_id, tok.add_bos
         self.stop_ids = set(tok.stop_ids)
@@ -58,8 +64,8 @@ class Generator:
         if chat:
             if not self.chat_template:
                 raise EdgepackError("this bundle has no chat template (a base model): drop --chat")
-            text = render_chat(self.chat_template, [{"role": "user", "content": prompt}])
-            return self.tokenizer.encode(text, add_special_tokens=False).ids  # the template has <bos>
+            # the template writes <bos>; the user's text stays text (chat.py)
+            return chat_prompt.encode(self.tokenizer, self.chat_template, [{"role": "user", "content": prompt}])
         ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids
         return [self.bos_id] + ids if self.add_bos else ids
 
@@ -116,17 +122,3 @@ class Generator:
 def check_max_new_tokens(n: int) -> None:
     if n < 1:
         raise EdgepackError(f"--max-new-tokens must be >= 1, got {n}")
-
-
-def render_chat(template: str, messages: list[dict]) -> str:
-    """Jinja chat templates run sandboxed: a bundle's template is data, not code."""
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = _template_error
-    return env.from_string(template).render(messages=messages, bos_token="<bos>", eos_token="<eos>",
-                                            add_generation_prompt=True)
-
-
-def _template_error(message: str):
-    raise EdgepackError(f"chat template: {message}")

@@ -46,8 +46,8 @@ class StoreOptions:
     def __post_init__(self):
         if self.advice not in ADVICE:
             raise EdgepackError(f"--ple-advice must be one of {', '.join(ADVICE)}, got {self.advice!r}")
-        if self.cache_mb < 0:
-            raise EdgepackError(f"--ple-cache-mb must be >= 0, got {self.cache_mb}")
+        if not 0 <= self.cache_mb < 1 << 20:  # NaN and inf fail too
+            raise EdgepackError(f"--ple-cache-mb must be a number of MiB from 0 to 2**20, got {self.cache_mb}")
 
 
 class HotRows:
