@@ -17,8 +17,11 @@ LiteRT-LM pays for the XNNPACK cache it keeps next to a model.
 
 Folder: `$EDGEPACK_CACHE/litert/<sha256 of the .litertlm>-<section offset>-<ai-edge-litert
 version>` (EDGEPACK_CACHE defaults to ~/.cache/edgepack). A stamp records the source's size and
-mtime, so a replaced .litertlm is copied again and its packed weights rebuilt. EDGEPACK_CACHE=off,
-or a folder that can't be written, loads from bytes as before (with a warning).
+mtime, so a replaced .litertlm is copied again and its packed weights rebuilt, and the digest of
+every MiB of the copy, 16 of which are checked at every load (a damaged copy is copied again).
+The folders must be the user's own and writable by nobody else, and a copy is only made with room
+for it and the packed weights. EDGEPACK_CACHE=off, or a folder that can't be used, loads from
+bytes as before (with a warning).
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import hashlib
 import json
 import os
+import random
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -41,6 +47,7 @@ from edgepack.system import litert_api
 CACHE_ENV = "EDGEPACK_CACHE"
 DEFAULT_ROOT = Path.home() / ".cache" / "edgepack"
 COPY_BLOCK, READ_BLOCK = 1 << 30, 16 << 20
+BLOCK, SAMPLED_BLOCKS = 1 << 20, 16  # the cached copy's check: digests per MiB, 16 checked per load
 # One token through the engine: XNNPACK packs the weights when a signature first runs.
 _WARM_UP = """
 import sys
@@ -78,17 +85,20 @@ def planned_files(b: Bundle, root: Path | None = None) -> MainModelFiles | None:
 
 @contextlib.contextmanager
 def cached_main_model(b: Bundle) -> Iterator[MainModelFiles | None]:
-    """Yields the cached files, copied first if missing or stale, with the folder locked while
-    the caller loads (the first load writes the packed weights); None if no cache can be kept."""
+    """Yields the cached files, copied first if missing, stale or failing their check, with the
+    folder locked while the caller loads (the first load writes the packed weights); None if no
+    cache can be kept (the caller reads the model into memory)."""
     files = planned_files(b)
     if files is None:
         yield None
         return
+    folder = files.model.parent
     try:
-        files.model.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(files.model.parent / ".lock", "w")
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _check_private(folder)
+        lock = open(folder / ".lock", "w")
     except OSError as e:
-        _warn(f"cannot cache the main model in {files.model.parent} ({e.strerror})")
+        _warn(f"cannot cache the main model in {folder} ({e.strerror})")
         yield None
         return
     with lock:
@@ -96,10 +106,19 @@ def cached_main_model(b: Bundle) -> Iterator[MainModelFiles | None]:
         try:
             _refresh(b, files)
         except OSError as e:
-            _warn(f"cannot cache the main model in {files.model.parent} ({e.strerror})")
+            _warn(f"cannot cache the main model in {folder} ({e.strerror})")
             yield None
             return
         yield files
+
+
+def _check_private(folder: Path) -> None:
+    """The cache and its folders must be this user's and writable by nobody else: what another
+    user can write there, edgepack would load as a model."""
+    for d in (folder, folder.parent):
+        st = d.stat()
+        if (hasattr(os, "geteuid") and st.st_uid != os.geteuid()) or st.st_mode & 0o022:
+            raise OSError(errno.EPERM, f"{d} is writable by another user")
 
 
 def used_by(b: Bundle, env: dict | None = None) -> MainModelFiles | None:
@@ -125,24 +144,58 @@ def warm_up(b: Bundle, env: dict | None = None) -> bool:
 
 
 def _refresh(b: Bundle, files: MainModelFiles) -> None:
-    """Copies the section unless the cached copy came from this very file (size and mtime)."""
+    """Copies the section unless the cached copy came from this very file (size and mtime) and
+    passes its check: SAMPLED_BLOCKS blocks, picked anew at every load, against the digests of
+    every block taken when it was copied (a damaged or replaced copy is found in a few loads at
+    most; about 16 MiB read, ~10 ms). Refuses (OSError) without room for the copy and the packed
+    weights, rather than let XNNPACK run out of disk half-way through packing."""
     source = b.file(b.graph.file)
     st = source.stat()
     stamp_path = files.model.with_suffix(".source.json")
     stamp = {"source": str(source.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    with contextlib.suppress(OSError, ValueError):
-        if files.model.exists() and json.loads(stamp_path.read_text()) == stamp:
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        recorded = json.loads(stamp_path.read_text())
+        if ({k: recorded[k] for k in stamp} == stamp and files.model.exists()
+                and _sample_ok(files.model, recorded, b.main_section.size)):
             return
     files.packed_weights.unlink(missing_ok=True)  # packed from the old copy
     section = b.main_section
+    free = shutil.disk_usage(files.model.parent).free
+    if free < 2 * section.size + (64 << 20):  # the copy, then about as much again of packed weights
+        raise OSError(errno.ENOSPC, f"{free >> 20} MiB free, {2 * section.size >> 20} MiB needed")
     partial = files.model.with_name(f".{files.model.name}.{os.getpid()}.partial")
     try:
         with open(source, "rb") as src, open(partial, "wb") as dst:
             _copy_range(src, dst, section.offset, section.size)
+        stamp["blocks"] = _block_digests(partial)
         os.replace(partial, files.model)
     finally:
         partial.unlink(missing_ok=True)
-    stamp_path.write_text(json.dumps(stamp))
+    tmp = stamp_path.with_name(f".{stamp_path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(stamp))
+    os.replace(tmp, stamp_path)
+
+
+def _block_digests(path: Path) -> list[str]:
+    """sha256 of every BLOCK bytes of a file (the last block may be shorter)."""
+    out = []
+    with open(path, "rb") as f:
+        while chunk := f.read(BLOCK):
+            out.append(hashlib.sha256(chunk).hexdigest())
+    return out
+
+
+def _sample_ok(path: Path, recorded: dict, size: int) -> bool:
+    """The copy is `size` bytes and SAMPLED_BLOCKS random blocks of it match their digests."""
+    blocks = recorded["blocks"]
+    if path.stat().st_size != size or len(blocks) != -(-size // BLOCK):
+        return False
+    with open(path, "rb") as f:
+        for i in random.sample(range(len(blocks)), min(SAMPLED_BLOCKS, len(blocks))):
+            f.seek(i * BLOCK)
+            if hashlib.sha256(f.read(BLOCK)).hexdigest() != blocks[i]:
+                return False
+    return True
 
 
 def _copy_range(src, dst, offset: int, size: int) -> None:

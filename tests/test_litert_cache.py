@@ -45,9 +45,9 @@ def test_cached_section_runs_as_the_model_in_memory(bundle, in_memory, tmp_path,
     b = Bundle(folder)
     files = planned_files(b, tmp_path)
     section = b.main_section
-    with open(b.file(b.manifest["graph"]["file"]), "rb") as f:
-        f.seek(section["offset"])
-        assert files.model.read_bytes() == f.read(section["size"])
+    with open(b.file(b.graph.file), "rb") as f:
+        f.seek(section.offset)
+        assert files.model.read_bytes() == f.read(section.size)
     assert files.packed_weights.stat().st_size > 0  # XNNPACK wrote its packed weights
     np.testing.assert_allclose(first, in_memory, rtol=0, atol=1e-5)
 
@@ -67,6 +67,33 @@ def test_replaced_litertlm_is_copied_again(bundle, in_memory, tmp_path, monkeypa
     again = decode_logits(folder, tmp_path / "cache", monkeypatch)
     assert all(new != old for new, old in zip(stamps(files), before))  # copied and packed anew
     np.testing.assert_allclose(again, in_memory, rtol=0, atol=1e-5)
+
+
+def test_a_damaged_copy_is_found_and_copied_again(bundle, in_memory, tmp_path, monkeypatch):
+    """Every block of the copy is checked against its digest within a few loads (16 random blocks
+    a load); half of them zeroed is found at the next one (a miss: 2**-16)."""
+    folder = bundle("gemma3", "litertlm", "int8")
+    decode_logits(folder, tmp_path, monkeypatch)
+    files = planned_files(Bundle(folder), tmp_path)
+    raw = bytearray(files.model.read_bytes())
+    raw[len(raw) // 4: 3 * len(raw) // 4] = bytes(len(raw) // 2)
+    files.model.write_bytes(bytes(raw))
+    os.utime(files.model, ns=(0, 0))
+    again = decode_logits(folder, tmp_path, monkeypatch)
+    b = Bundle(folder)
+    with open(b.file(b.graph.file), "rb") as f:
+        f.seek(b.main_section.offset)
+        assert files.model.read_bytes() == f.read(b.main_section.size)
+    np.testing.assert_allclose(again, in_memory, rtol=0, atol=1e-5)
+
+
+def test_a_cache_others_can_write_is_not_used(bundle, in_memory, tmp_path, monkeypatch, capfd):
+    shared = tmp_path / "shared"
+    (shared / "litert").mkdir(parents=True)
+    (shared / "litert").chmod(0o777)
+    logits = decode_logits(bundle("gemma3", "litertlm", "int8"), shared, monkeypatch)
+    assert "writable by another user" in capfd.readouterr().err
+    np.testing.assert_allclose(logits, in_memory, rtol=0, atol=1e-5)
 
 
 def test_unwritable_cache_falls_back_to_memory(bundle, in_memory, tmp_path, monkeypatch, capfd):

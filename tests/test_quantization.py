@@ -176,8 +176,8 @@ def test_a_4bit_lm_head_leaves_the_lookup_table_8bit(bundle, checkpoint):
     table = src.read("model.embed_tokens.weight").astype(np.float32)
     main = b.main_section
     with open(b.path / "model.litertlm", "rb") as f:
-        f.seek(main["offset"])
-        model = fb.read_model_from_bytearray(bytearray(f.read(main["size"])))
+        f.seek(main.offset)
+        model = fb.read_model_from_bytearray(bytearray(f.read(main.size)))
     heads = [(t, sg) for sg in model.subgraphs for t in sg.tensors if list(t.shape) == list(table.shape)]
     assert heads and all(t.type == tfl.TensorType.INT4 for t, _ in heads)
     head, sg = heads[0]
