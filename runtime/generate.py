@@ -41,8 +41,9 @@ class Generator:
         from tokenizers import Tokenizer
 
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle, trusted_keys)
-        self.bundle.verify(checksums=verify)
+        # the manifest alone decides whether it fits: refuse before reading GBs for the checksums
         self.footprint = check_fits(self.bundle, stores.cache_mb) if memory_check else None
+        self.bundle.verify(checksums=verify)
         tok = self.bundle.plan.tokenizer
         path = self.bundle.file(tok.file)
         try:
