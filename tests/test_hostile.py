@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from edgepack.cli import main
 
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
@@ -410,7 +410,7 @@ def test_damaged_files_are_caught_by_their_checksums(copy, data):
         path.write_bytes(original)
 
 
-@settings(max_examples=25, deadline=None, derandomize=True,
+@settings(max_examples=25, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(flag=st.sampled_from(["--temperature", "--top-k", "--top-p", "--seed", "--max-new-tokens", "--threads",
                              "--ple-cache-mb", "--prompt"]),
