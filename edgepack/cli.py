@@ -19,6 +19,8 @@ EPILOG = """examples:
   edgepack export ~/models/gemma-3n-E2B-it --format onnx -o bundles/e2b-onnx
   edgepack run bundles/gemma-3-270m --prompt "The capital of France is"
   edgepack inspect bundles/gemma-3-270m
+  edgepack keygen ~/.config/edgepack/key && edgepack sign bundles/gemma-3-270m --key ~/.config/edgepack/key
+  edgepack run bundles/gemma-3-270m --prompt "Hi" --trusted-key ~/.config/edgepack/key.pub
   edgepack eval bundles/gemma-3-270m --text /usr/share/common-licenses/GPL-3 --reference gemma-3-270m
   edgepack profile --preset gemma-3n-E2B --quant int4 --context 4096 --device pi5-8gb
 
