@@ -14,6 +14,7 @@ The strict xfail keeps both measurements running and turns red the day a gate is
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -28,10 +29,15 @@ SYMMETRIC_INT4 = DYNAMIC_RANGE + "; and TFLite int4 is symmetric, so Q4_K blocks
 
 
 @pytest.fixture(scope="module")
-def fp32_perplexity() -> float:
+def fp32_perplexity(shared) -> float:
+    """transformers' fp32 run, once per test run (shared by the xdist workers: it takes minutes)."""
     from edgepack.converters.reference import perplexity
 
-    return perplexity(gemma_gguf(), GPL3.read_text(), TOKENS)
+    def measure(folder: Path) -> None:
+        folder.mkdir()
+        (folder / "value.json").write_text(json.dumps(perplexity(gemma_gguf(), GPL3.read_text(), TOKENS)))
+
+    return json.loads((shared("fp32-perplexity-270m", measure) / "value.json").read_text())
 
 
 @pytest.mark.parametrize("fmt,quant,limit", [
