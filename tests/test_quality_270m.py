@@ -46,13 +46,20 @@ def fp32_perplexity(shared) -> float:
     pytest.param("litertlm", "int8", 1.01, marks=pytest.mark.xfail(strict=True, reason=DYNAMIC_RANGE)),
     pytest.param("litertlm", "int4", 1.03, marks=pytest.mark.xfail(strict=True, reason=SYMMETRIC_INT4)),
 ])
-def test_quantized_270m_keeps_perplexity(fmt, quant, limit, fp32_perplexity, bundle_270m):
+def test_quantized_270m_keeps_perplexity(fmt, quant, limit, fp32_perplexity, bundle_270m, shared):
     from edgepack.evaluate import evaluate
 
     assert 15.8 < fp32_perplexity < 15.95  # transformers' fp32 figure for this text (15.87)
     folder = bundle_270m(fmt, quant)
-    result = evaluate(folder, GPL3.read_text(), TOKENS)
-    assert result.tokens == TOKENS - 1
-    assert result.perplexity <= fp32_perplexity * limit, (
-        f"{fmt} {quant}: perplexity {result.perplexity:.3f} vs fp32 {fp32_perplexity:.3f} "
-        f"(+{result.perplexity / fp32_perplexity - 1:.1%}, limit +{limit - 1:.0%})")
+
+    def score(out: Path) -> None:  # once per bundle: recipes that share one (bundle_270m) share this
+        result = evaluate(folder, GPL3.read_text(), TOKENS)
+        out.mkdir()
+        (out / "value.json").write_text(json.dumps(result.as_dict()))
+
+    result = json.loads((shared(f"perplexity-{folder.name}", score) / "value.json").read_text())
+    assert result["tokens"] == TOKENS - 1
+    ppl = result["perplexity"]
+    assert ppl <= fp32_perplexity * limit, (
+        f"{fmt} {quant}: perplexity {ppl:.3f} vs fp32 {fp32_perplexity:.3f} "
+        f"(+{ppl / fp32_perplexity - 1:.1%}, limit +{limit - 1:.0%})")
