@@ -31,9 +31,9 @@ WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ... under xdist;
 
 
 def pytest_collection_modifyitems(config, items):
-    """The device suite first: under xdist it is one unit of work on one worker (the emulated
-    boards share their arm64 root), the longest of the run, so it starts while the other worker
-    takes everything else, instead of running alone at the end."""
+    """The device suite first. Under `--dist worksteal` each worker starts on its own half of the
+    list: one on the emulated boards (long, and needing bundles few other tests need first), the
+    other on the host tests, so they seldom wait for each other's exports."""
     items.sort(key=lambda item: 0 if "device_tests" in item.nodeid.split("::")[0] else 1)
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from device_tests.targets import ON_DEVICE, Unavailable, default_targets, targets_from
+from device_tests.targets import ON_DEVICE, Emulated, Unavailable, default_targets, targets_from
 
 
 def pytest_addoption(parser):
@@ -27,14 +27,14 @@ _prepared: dict = {}
 
 
 @pytest.fixture
-def target(request):
-    """A prepared target (built root, installed runtime), once per session; skipped with the
-    reason when it can't run here."""
+def target(request, shared):
+    """A prepared target (built root, installed runtime), once per run (the emulated boards' root
+    is shared by every pytest-xdist worker); skipped with the reason when it can't run here."""
     spec = request.param
     if spec not in _prepared:
         t = targets_from([spec])[0]
         try:
-            t.info = t.prepare()
+            t.info = t.prepare(shared) if isinstance(t, Emulated) else t.prepare()
             _prepared[spec] = t
         except Unavailable as e:
             _prepared[spec] = str(e)

@@ -7,11 +7,13 @@ limit standing for a smaller board, and reports the exit code, output and peak m
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from edgepack.system import LITERT_API_ENV
@@ -49,15 +51,31 @@ class Emulated:
     def __init__(self, name: str, cpu: str):
         self.name, self.cpu = name, cpu
 
-    def prepare(self) -> dict:
+    def prepare(self, once=None) -> dict:
+        """Builds the arm64 root and this board's copy of it. `once(key, make)` runs `make(folder)`
+        once per test run whoever asks first (conftest.py's `shared`: pytest-xdist workers share one
+        root, and rebuilding it under a running board would pull the files from under it)."""
         if not shutil.which("qemu-aarch64-static"):
             raise Unavailable(f"{self.name}: qemu-aarch64-static is not installed "
                               "(scripts/setup installs it: apt-get install qemu-user-static)")
-        from device_tests import rootfs
+        once = once or _here
 
-        self.env = rootfs.prepare(log=lambda m: print(m, file=sys.stderr))
+        def build_root(folder: Path) -> None:
+            from device_tests import rootfs
+
+            env = rootfs.prepare(log=lambda m: print(m, file=sys.stderr))
+            folder.mkdir()
+            (folder / "env.json").write_text(json.dumps({k: str(v) if isinstance(v, Path) else v
+                                                         for k, v in env.items()}))
+
+        env = json.loads((once("device-root", build_root) / "env.json").read_text())
+        self.env = {k: Path(v) if k in ("root", "site", "app") else v for k, v in env.items()}
         # Each board gets its own root (hard links) with its own /proc/cpuinfo.
         self.root = self.env["root"].parent / f"root-{self.cpu}"
+        once(f"device-board-{self.cpu}", self._make_board_root)
+        return {"cpu": self.cpu, "versions": self.env["versions"]}
+
+    def _make_board_root(self, marker: Path) -> None:
         if not self.root.exists():
             subprocess.run(["cp", "-al", str(self.env["root"]), str(self.root)], check=True)
         features, part, rev = CPUINFO[self.cpu]
@@ -67,7 +85,7 @@ class Emulated:
             f"processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\n"
             f"CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: {part}\nCPU revision\t: {rev}\n\n"
             for i in range(os.cpu_count() or 1)))
-        return {"cpu": self.cpu, "versions": self.env["versions"]}
+        marker.mkdir()
 
     def path(self, host_path: Path) -> str:
         return str(host_path)
@@ -137,6 +155,13 @@ class MemoryCgroup:
                 self.dir.rmdir()
             except OSError:
                 pass
+
+
+def _here(key: str, make) -> Path:
+    """`once` without a test run to share with: make it in a new temporary folder."""
+    folder = Path(tempfile.mkdtemp()) / key
+    make(folder)
+    return folder
 
 
 class Ssh:

@@ -22,9 +22,6 @@ import pytest
 from device_tests.conftest import on_host, on_target
 from edgepack.footprint import device_budget
 
-# One worker runs the device suite: the emulated boards share one arm64 root, built on first use.
-pytestmark = pytest.mark.xdist_group("devices")
-
 TINY = [(m, f) for m in ("gemma3n_multimodal", "gemma3") for f in ("litertlm", "onnx")]
 PROMPTS = ["The capital of France is", "Once upon a time, in a land far away, there lived a small dragon"]
 BOARD = "pi4-2gb"  # the 270M must fit the smallest Pi 4
