@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {"edgepack": "edgepack", "edgepack.converters": "converters", "edgepack.runtime": "runtime"}
-BASE = {"edgepack", "edgepack.errors", "edgepack.contract", "edgepack.bundle", "edgepack.system",
+BASE = {"edgepack", "edgepack.errors", "edgepack.contract", "edgepack.bundle", "edgepack.system", "edgepack.signing",
         "edgepack.footprint", "edgepack.plan", "edgepack.manifest"}
 TOOLS = {"edgepack.cli", "edgepack.profile", "edgepack.bench", "edgepack.evaluate", "edgepack.inspect",
          "edgepack.report", "edgepack.peers"}
