@@ -30,18 +30,6 @@ from edgepack.converters.builtin import gemma_gguf  # noqa: E402
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ... under xdist; None otherwise
 
 
-def pytest_configure(config):
-    """Each pytest-xdist worker on a core of its own (children inherit it): the runtime then gives
-    its engines one thread (edgepack.system.default_threads reads the affinity), instead of two
-    workers each starting two spinning onnxruntime / XNNPACK threads on two cores."""
-    if WORKER and hasattr(os, "sched_setaffinity"):
-        cores = sorted(os.sched_getaffinity(0))
-        index = int(WORKER.removeprefix("gw"))
-        count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", len(cores)))
-        if count <= len(cores):
-            os.sched_setaffinity(0, {cores[index % len(cores)]})
-
-
 def pytest_collection_modifyitems(config, items):
     """The device suite first. Under `--dist worksteal` each worker starts on its own half of the
     list: one on the emulated boards (long, and needing bundles few other tests need first), the
