@@ -160,8 +160,9 @@ def bundle_270m(shared, gguf_270m) -> Callable[[str, str], Path]:
 def gguf_plan(source: Path, fmt: str, quant: str) -> dict:
     """What the exporter decides for each tensor (bits, block, how it gets there) under a recipe."""
     from edgepack.converters import recipes, sources
+    from edgepack.converters.export import DEFAULT_CONTEXT, DEFAULT_PREFILL
     from edgepack.converters.planner import plan_export
 
-    src = sources.open_source(source)
-    p = plan_export(src.family, src.config, recipes.load(quant), fmt, 2048, 128, src.storage)
+    src = sources.open_source(source)  # planned as bundle_270m exports it: the CLI's defaults
+    p = plan_export(src.family, src.config, recipes.load(quant), fmt, DEFAULT_CONTEXT, DEFAULT_PREFILL, src.storage)
     return {n: (t.bits, t.block, t.how) for n, t in p.tensors.items()}
