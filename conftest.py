@@ -67,10 +67,11 @@ def shared(tmp_path_factory) -> Callable[[str, Callable[[Path], object]], Path]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def litert_cache_folder(tmp_path_factory) -> Path:
-    """The LiteRT engine's cached main models (runtime/litert_cache.py) go to the session's
-    temporary folder, not the user's ~/.cache (child processes inherit it)."""
-    folder = tmp_path_factory.mktemp("edgepack-cache")
+def cache_folder(tmp_path_factory) -> Path:
+    """edgepack's cache (EDGEPACK_CACHE: a .litertlm's main model, tokenizers converted from GGUF)
+    is the run's, shared by the workers, not the user's ~/.cache (child processes inherit it)."""
+    folder = _shared_root(tmp_path_factory) / "edgepack-cache"
+    folder.mkdir(mode=0o700, exist_ok=True)
     os.environ["EDGEPACK_CACHE"] = str(folder)
     return folder
 
@@ -85,19 +86,13 @@ def gguf_270m() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tokenizer_json(gguf_270m) -> str:
-    """The real Gemma 3 tokenizer (262,144 pieces), converted from the 270M GGUF by transformers."""
-    from edgepack.converters.gguf_source import _tokenizer_json
+def tokenizer_json(gguf_270m, cache_folder) -> str:
+    """The real Gemma 3 tokenizer (262,144 pieces), converted from the 270M GGUF by transformers,
+    once per run (the converter keeps it in the cache; the lock keeps the other worker waiting)."""
+    from edgepack.converters.gguf_source import tokenizer_json
 
-    cache = Path(os.environ.get("EDGEPACK_TEST_CACHE", Path.home() / ".cache" / "edgepack-tests"))
-    cache.mkdir(parents=True, exist_ok=True)
-    cached = cache / "gemma3-tokenizer.json"
-    with FileLock(str(cached) + ".lock"):
-        if not cached.exists():
-            tmp = cached.with_suffix(".tmp")
-            tmp.write_text(_tokenizer_json(gguf_270m))
-            tmp.rename(cached)
-    return cached.read_text()
+    with FileLock(str(cache_folder / "tokenizer.lock")):
+        return tokenizer_json(gguf_270m)
 
 
 @pytest.fixture(scope="session")
@@ -157,12 +152,19 @@ def bundle_270m(shared, gguf_270m) -> Callable[[str, str], Path]:
 
 
 @functools.cache
+def _opened(source: Path):
+    from edgepack.converters import sources
+
+    return sources.open_source(source)
+
+
+@functools.cache
 def gguf_plan(source: Path, fmt: str, quant: str) -> dict:
     """What the exporter decides for each tensor (bits, block, how it gets there) under a recipe."""
-    from edgepack.converters import recipes, sources
+    from edgepack.converters import recipes
     from edgepack.converters.export import DEFAULT_CONTEXT, DEFAULT_PREFILL
     from edgepack.converters.planner import plan_export
 
-    src = sources.open_source(source)  # planned as bundle_270m exports it: the CLI's defaults
+    src = _opened(source)  # planned as bundle_270m exports it: the CLI's defaults
     p = plan_export(src.family, src.config, recipes.load(quant), fmt, DEFAULT_CONTEXT, DEFAULT_PREFILL, src.storage)
     return {n: (t.bits, t.block, t.how) for n, t in p.tensors.items()}

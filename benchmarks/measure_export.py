@@ -99,9 +99,9 @@ def main() -> None:
                 print(rows_270m[-1], flush=True)
         import checkpoints as ck
         from conftest import gemma_gguf
-        from edgepack.converters.gguf_source import _tokenizer_json
+        from edgepack.converters.gguf_source import tokenizer_json
 
-        tok = _tokenizer_json(gemma_gguf())
+        tok = tokenizer_json(gemma_gguf())
         for name, make in (("gemma3n_multimodal", ck.make_gemma3n_multimodal),
                            ("gemma3n_causal", ck.make_gemma3n_causal), ("gemma3", ck.make_gemma3)):
             folder = make(work / name, tok)

@@ -21,9 +21,9 @@ def gemma_gguf() -> Path:
 def gemma_tokenizer_json(vocab_size: int = 262_144) -> str:
     """The real Gemma tokenizer (262,144 pieces, from the 270M GGUF), extended with special tokens
     up to `vocab_size` as Gemma 3n's is (its audio/image soft tokens reach id 262,399)."""
-    from edgepack.converters.gguf_source import _tokenizer_json
+    from edgepack.converters.gguf_source import tokenizer_json
 
-    return extend_vocab(_tokenizer_json(gemma_gguf()), vocab_size)
+    return extend_vocab(tokenizer_json(gemma_gguf()), vocab_size)
 
 
 def extend_vocab(tokenizer_json: str, size: int) -> str:

@@ -7,13 +7,18 @@ offset is undone here (as transformers' own GGUF loader does).
 
 from __future__ import annotations
 
+import contextlib
+import os
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from edgepack.converters import families
+from edgepack.converters.gguf_file import GGUFFile
 from edgepack.converters.source import Source
 from edgepack.errors import EdgepackError
+from edgepack.system import cache_root, check_private_folder
 
 _LAYER_NAMES = {
     "attn_q": "self_attn.q_proj",
@@ -43,46 +48,49 @@ def hf_name(gguf_name: str) -> str | None:
     return None
 
 
-def _field(reader, key: str, default=None):
-    f = reader.fields.get(key)
-    return default if f is None else f.contents()
+def _field(reader: GGUFFile, key: str, default=None):
+    return reader.fields.get(key, default)
+
+
+def _number(reader: GGUFFile, key: str, default=None, kind: type = int):
+    value = _field(reader, key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value < 0):
+        raise EdgepackError(f"{reader.path}: GGUF field {key} is {value!r}, not a {kind.__name__} as Gemma 3 needs")
+    return kind(value)
 
 
 def open_gguf(path: Path) -> Source:
     import gguf
 
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as e:  # gguf-py raises bare ValueErrors/asserts on bad files
-        raise EdgepackError(f"{path} is not a readable GGUF file: {e}") from None
+    reader = GGUFFile(path)
     arch = _field(reader, "general.architecture")
     if arch != "gemma3":
         raise EdgepackError(f"GGUF architecture {arch!r} is not supported (gemma3 is)")
     a = f"{arch}."
-    heads = int(_field(reader, a + "attention.head_count"))
-    n_layers = int(_field(reader, a + "block_count"))
+    heads = _number(reader, a + "attention.head_count")
+    n_layers = _number(reader, a + "block_count")
     config = {
         "model_type": "gemma3_text",
-        "vocab_size": len(reader.fields["tokenizer.ggml.tokens"].data),
-        "hidden_size": int(_field(reader, a + "embedding_length")),
-        "intermediate_size": int(_field(reader, a + "feed_forward_length")),
+        "vocab_size": len(_field(reader, "tokenizer.ggml.tokens", [])),
+        "hidden_size": _number(reader, a + "embedding_length"),
+        "intermediate_size": _number(reader, a + "feed_forward_length"),
         "num_hidden_layers": n_layers,
         "num_attention_heads": heads,
-        "num_key_value_heads": int(_field(reader, a + "attention.head_count_kv", heads)),
-        "head_dim": int(_field(reader, a + "attention.key_length", 256)),
-        "rms_norm_eps": float(_field(reader, a + "attention.layer_norm_rms_epsilon", 1e-6)),
-        "sliding_window": int(_field(reader, a + "attention.sliding_window", 512)),
-        "max_position_embeddings": int(_field(reader, a + "context_length", 32768)),
+        "num_key_value_heads": _number(reader, a + "attention.head_count_kv", heads),
+        "head_dim": _number(reader, a + "attention.key_length", 256),
+        "rms_norm_eps": _number(reader, a + "attention.layer_norm_rms_epsilon", 1e-6, float),
+        "sliding_window": _number(reader, a + "attention.sliding_window", 512),
+        "max_position_embeddings": _number(reader, a + "context_length", 32768),
         # Gemma 3 keeps local RoPE at 10k; GGUF records only the global base.
-        "rope_theta": float(_field(reader, a + "rope.freq_base", 1_000_000.0)),
+        "rope_theta": _number(reader, a + "rope.freq_base", 1_000_000.0, float),
         "rope_local_base_freq": 10_000.0,
-        "query_pre_attn_scalar": int(_field(reader, a + "attention.key_length", 256)),
-        "bos_token_id": int(_field(reader, "tokenizer.ggml.bos_token_id", 2)),
-        "eos_token_id": int(_field(reader, "tokenizer.ggml.eos_token_id", 1)),
-        "pad_token_id": int(_field(reader, "tokenizer.ggml.padding_token_id", 0)),
+        "query_pre_attn_scalar": _number(reader, a + "attention.key_length", 256),
+        "bos_token_id": _number(reader, "tokenizer.ggml.bos_token_id", 2),
+        "eos_token_id": _number(reader, "tokenizer.ggml.eos_token_id", 1),
+        "pad_token_id": _number(reader, "tokenizer.ggml.padding_token_id", 0),
     }
     tensors = {}
-    for t in reader.tensors:
+    for t in reader.tensors.values():
         name = hf_name(t.name)
         if name is not None:
             tensors[name] = t
@@ -96,16 +104,36 @@ def open_gguf(path: Path) -> Source:
         w = w.reshape([int(d) for d in reversed(t.shape.tolist())])
         return w - 1.0 if name.endswith("norm.weight") else w
 
-    return Source(path, families.get("gemma3"), "Gemma3ForCausalLM (GGUF)", config, read, _tokenizer_json(path),
+    return Source(path, families.get("gemma3"), "Gemma3ForCausalLM (GGUF)", config, read,
+                  lambda: tokenizer_json(path, reader.header_sha256),
                   _field(reader, "tokenizer.chat_template"), [], "gguf",
                   storage=lambda name: tensors[name].tensor_type.name, raw=lambda name: tensors[name],
                   shapes={n: tuple(int(d) for d in reversed(t.shape.tolist())) for n, t in tensors.items()})
 
 
-def _tokenizer_json(path: Path) -> str:
-    """tokenizer.json from the GGUF's SentencePiece vocabulary, via transformers' converter
-    (the reference the runtime's `tokenizers` output is checked against)."""
+def tokenizer_json(path: Path, header_sha256: str | None = None) -> str:
+    """tokenizer.json from the GGUF's SentencePiece vocabulary, via transformers' converter (the
+    reference the runtime's `tokenizers` output is checked against). The conversion takes 20-odd
+    seconds for Gemma's 262,144 pieces, so its result is kept in the cache (EDGEPACK_CACHE), keyed
+    by the digest of the GGUF's metadata and transformers' version."""
+    header_sha256 = header_sha256 or GGUFFile(path).header_sha256
+    root = cache_root()
+    cached = None if root is None else root / "tokenizers" / f"{header_sha256[:32]}-{metadata.version('transformers')}.json"
+    if cached is not None:
+        try:
+            cached.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            check_private_folder(cached.parent)
+            return cached.read_text()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            cached = None  # a cache that can't be used: convert every time
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    return tok.backend_tokenizer.to_str()
+    text = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).backend_tokenizer.to_str()
+    if cached is not None:
+        with contextlib.suppress(OSError):
+            tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
+            tmp.write_text(text)
+            tmp.replace(cached)  # whole or not at all, whoever writes it last
+    return text

@@ -2,13 +2,14 @@
 
 A `Source` gives the text decoder's config (as the Hugging Face config.json dict), tensors by
 Hugging Face name, read when asked (safetensors with pread, a tensor or a block of rows at a time;
-GGUF tensors dequantized on demand), the tokenizer as a tokenizer.json string, the chat template if
+GGUF tensors dequantized on demand), the tokenizer as a tokenizer.json string (made when first asked), the chat template if
 the checkpoint has one, and the special ids.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +25,9 @@ class Source:
     architecture: str
     config: dict  # the text decoder's HF config
     read: Callable[[str], np.ndarray]  # HF name ("model....") -> float32 array
-    tokenizer_json: str
+    # tokenizer.json text, made when first asked (`tokenizer_json`): a GGUF's is converted from its
+    # vocabulary, which planning and profiling don't need
+    load_tokenizer: Callable[[], str]
     chat_template: str | None
     skipped: list[str]  # components left out, e.g. vision/audio towers
     kind: str  # "safetensors" | "gguf"
@@ -46,6 +49,10 @@ class Source:
         step = max(1, max_bytes // (4 * cols))
         for start in range(0, rows, step):
             yield self.read_rows(name, start, min(rows, start + step))
+
+    @functools.cached_property
+    def tokenizer_json(self) -> str:
+        return self.load_tokenizer()
 
     @property
     def bos_id(self) -> int:

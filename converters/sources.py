@@ -78,7 +78,7 @@ def _open_hf_dir(p: Path) -> Source:
 
     tokenizer_json, template = _hf_tokenizer(p)
     shapes = {name: h.shape(key) for name, (h, key) in where.items()}
-    return Source(p, family, arch, config, read, tokenizer_json, template, sorted(skipped), "safetensors",
+    return Source(p, family, arch, config, read, lambda: tokenizer_json, template, sorted(skipped), "safetensors",
                   storage, shapes=shapes, read_rows=read_rows)
 
 

@@ -1,21 +1,44 @@
 """What edgepack asks of the operating system and the machine, for the converters, the runtime and
 the tools alike: how many threads, which LiteRT API this CPU can run, handing freed heap back, and
-keeping native libraries' own logging off the user's terminal."""
+keeping native libraries' own logging off the user's terminal, and where derived files are cached."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import platform
 import sys
+from pathlib import Path
 from typing import Iterator
 
 from edgepack.errors import EdgepackError
 
+CACHE_ENV = "EDGEPACK_CACHE"  # a folder, or "off"
+DEFAULT_CACHE = Path.home() / ".cache" / "edgepack"
 LITERT_API_ENV = "EDGEPACK_LITERT_API"  # "compiled" | "interpreter": overrides litert_api()
 _AT_HWCAP = 16
 _HWCAP_ATOMICS = 1 << 8  # arm64 <asm/hwcap.h>
+
+
+def cache_root(env: dict | None = None) -> Path | None:
+    """Where edgepack keeps derived files (a .litertlm's main model and packed weights, tokenizers
+    converted from GGUF), by `env` (default: this process's environment); None when
+    EDGEPACK_CACHE=off."""
+    value = (os.environ if env is None else env).get(CACHE_ENV, "")
+    if value.lower() == "off":
+        return None
+    return Path(value).expanduser() if value else DEFAULT_CACHE
+
+
+def check_private_folder(folder: Path) -> None:
+    """A cache folder and its parent must be this user's and writable by nobody else: what another
+    user can write there, edgepack would load (a model, a tokenizer). Raises OSError if not."""
+    for d in (folder, folder.parent):
+        st = d.stat()
+        if (hasattr(os, "geteuid") and st.st_uid != os.geteuid()) or st.st_mode & 0o022:
+            raise OSError(errno.EPERM, f"{d} is writable by another user")
 
 
 def default_threads() -> int:

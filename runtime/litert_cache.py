@@ -42,10 +42,8 @@ from typing import Iterator
 
 from edgepack.bundle import Bundle
 from edgepack.errors import EdgepackError
-from edgepack.system import litert_api
+from edgepack.system import CACHE_ENV, cache_root, check_private_folder, litert_api
 
-CACHE_ENV = "EDGEPACK_CACHE"
-DEFAULT_ROOT = Path.home() / ".cache" / "edgepack"
 COPY_BLOCK, READ_BLOCK = 1 << 30, 16 << 20
 BLOCK, SAMPLED_BLOCKS = 1 << 20, 16  # the cached copy's check: digests per MiB, 16 checked per load
 # One token through the engine: XNNPACK packs the weights when a signature first runs.
@@ -61,15 +59,6 @@ list(gen.generate_ids([gen.bos_id], 1))
 class MainModelFiles:
     model: Path  # the main section, a file of its own
     packed_weights: Path  # XNNPACK's weight cache for it
-
-
-def cache_root(env: dict | None = None) -> Path | None:
-    """Where edgepack keeps derived files, by `env` (default: this process's environment); None
-    when EDGEPACK_CACHE=off."""
-    value = (os.environ if env is None else env).get(CACHE_ENV, "")
-    if value.lower() == "off":
-        return None
-    return Path(value).expanduser() if value else DEFAULT_ROOT
 
 
 def planned_files(b: Bundle, root: Path | None = None) -> MainModelFiles | None:
@@ -95,7 +84,7 @@ def cached_main_model(b: Bundle) -> Iterator[MainModelFiles | None]:
     folder = files.model.parent
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _check_private(folder)
+        check_private_folder(folder)
         lock = open(folder / ".lock", "w")
     except OSError as e:
         _warn(f"cannot cache the main model in {folder} ({e.strerror})")
@@ -110,15 +99,6 @@ def cached_main_model(b: Bundle) -> Iterator[MainModelFiles | None]:
             yield None
             return
         yield files
-
-
-def _check_private(folder: Path) -> None:
-    """The cache and its folders must be this user's and writable by nobody else: what another
-    user can write there, edgepack would load as a model."""
-    for d in (folder, folder.parent):
-        st = d.stat()
-        if (hasattr(os, "geteuid") and st.st_uid != os.geteuid()) or st.st_mode & 0o022:
-            raise OSError(errno.EPERM, f"{d} is writable by another user")
 
 
 def used_by(b: Bundle, env: dict | None = None) -> MainModelFiles | None:
