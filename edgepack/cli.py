@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from edgepack.errors import EdgepackError
 
@@ -37,7 +38,7 @@ def _export(a) -> None:
 
     export(resolve(a.source), a.output, ExportOptions(
         format=a.format, quant=a.quant, max_context=a.max_context, prefill_len=a.prefill_len, force=a.force,
-        verbose=a.verbose,
+        verbose=a.verbose, keep_lowered=a.keep_lowered,
     ), log=lambda m: print(m, file=sys.stderr))
 
 
@@ -176,6 +177,10 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--prefill-len", type=int, default=None,
                    help="tokens per prefill call of the TFLite graph; longer prompts go in chunks "
                         "(default: 128, or the context when shorter)")
+    e.add_argument("--keep-lowered", type=Path, default=None, metavar="DIR",
+                   help="keep the float TFLite lowering in DIR and start from it when the same model is exported "
+                        "again at the same context with another recipe (.litertlm of Gemma 3: saves the 270M's "
+                        "80-odd seconds per recipe; 1.1 GB per model and context)")
     e.add_argument("--force", action="store_true",
                    help="replace OUTPUT if it is an edgepack bundle (never a folder holding anything else)")
     e.add_argument("--verbose", action="store_true",

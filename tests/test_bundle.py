@@ -187,3 +187,23 @@ def test_killed_export_leaves_no_bundle_and_is_cleaned_up(tmp_path, checkpoint, 
                  "--max-context", "64", "--prefill-len", "8"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
     Bundle(target).verify()
+
+
+def test_a_kept_lowering_exports_the_same_bundle(tmp_path, checkpoint):
+    """`--keep-lowered`: the second recipe starts from the first one's float lowering, and its
+    bundle is, section for section, the one a fresh lowering writes (litert-lm-builder's header
+    holds a timestamp and a random id, so the files differ there)."""
+    from edgepack.converters.export import ExportOptions, export
+    from edgepack.converters.litertlm_export import read_sections
+    from checkpoints import TINY_CONTEXT, TINY_PREFILL
+
+    keep = tmp_path / "lowered"
+    opts = ExportOptions("litertlm", "int8", TINY_CONTEXT, TINY_PREFILL, keep_lowered=keep)
+    said: dict[str, list[str]] = {"fresh": [], "reused": []}
+    fresh, reused = [export(checkpoint("gemma3"), tmp_path / name, opts, log=said[name].append) for name in said]
+    assert [any("reused from" in line for line in lines) for lines in said.values()] == [False, True]
+    assert len(list(keep.glob("*.tflite"))) == 1
+    sections = read_sections(fresh / "model.litertlm")
+    assert sections == read_sections(reused / "model.litertlm")
+    first = min(s["offset"] for s in sections)
+    assert (fresh / "model.litertlm").read_bytes()[first:] == (reused / "model.litertlm").read_bytes()[first:]

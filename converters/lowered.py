@@ -1,0 +1,76 @@
+"""The float TFLite lowering, kept to be reused by the next export of the same model (`edgepack
+export --keep-lowered DIR`).
+
+A whole-graph .litertlm export lowers the float model (litert-torch: the 270M's takes 80-odd
+seconds and 6 GB) and quantizes the flatbuffer after (tflite_quant.py), so the recipes of one
+checkpoint at one context share their lowering. Kept, the next recipe starts from a copy of it.
+
+An entry is named by the digest of everything the lowering depends on: the float weights and
+buffers, the config, the signatures' shapes, the versions of torch, litert-torch and edgepack and
+the converters' own source, so a changed model, option or converter lowers again. Entries are the
+user's own folder's business (1.1 GB for the 270M): nothing is kept unless asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Iterator
+
+from edgepack import contract
+from edgepack.system import check_private_folder
+
+_CONVERTERS = Path(__file__).parent
+_CODE = [*sorted(_CONVERTERS.rglob("*.py")), Path(contract.__file__)]  # what decides the graph
+
+
+def lowering_key(module, settings: dict) -> str:
+    """The digest of `module`'s tensors, `settings` (JSON-able) and the code that lowers them."""
+    import torch
+
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for dist in ("torch", "litert-torch", "edgepack"):
+        h.update(f"{dist}={metadata.version(dist)};".encode())
+    for source in _CODE:
+        h.update(source.name.encode() + source.read_bytes())
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+@contextlib.contextmanager
+def _locked(lock: Path) -> Iterator[None]:
+    """One process lowers a key at a time; another export of the same waits and reuses it."""
+    with open(lock, "w") as f:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX
+            yield
+            return
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def lower_once(keep: Path | None, key: str, out: Path, lower: Callable[[Path], None]) -> bool:
+    """`out` made by `lower(out)`, or copied from `keep` where an earlier export left it (True)."""
+    if keep is None:
+        lower(out)
+        return False
+    keep.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_private_folder(keep)  # what another user could write here would be exported as the model
+    kept = keep / f"{key}.tflite"
+    with _locked(keep / f".{key}.lock"):
+        if not kept.is_file():
+            lower(out)
+            tmp = keep / f".{key}.{os.getpid()}"
+            shutil.copyfile(out, tmp)
+            tmp.replace(kept)
+            return False
+    shutil.copyfile(kept, out)
+    return True
