@@ -48,7 +48,7 @@ def run_one(a) -> dict[str, int]:
                     src.storage)
     model, cfg, lengths = p.decoder, p.config, p.graph.cache_lengths
     plans = quant_plan.main_model_plans(p.tensors)
-    spec = litertlm_pieces.plan(model, cfg, a.prefill_len, lengths)[-1]
+    spec = p.family.litertlm_pieces(model, cfg, a.prefill_len, lengths)[-1]  # the exit
     rest = [n for n in spec.params if n != quant_plan.EMBEDDING or a.way != "edgepack"]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "exit.tflite"

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from edgepack import bundle, plan
-from edgepack.converters import quant_plan, recipes, row_tables, sources
+from edgepack.converters import lowered, quant_plan, recipes, row_tables, sources
 from edgepack.converters.decoder import load_weights
 from edgepack.converters.planner import ExportPlan, plan_export
 from edgepack.converters.progress import Stages
@@ -42,6 +42,9 @@ def export(source: str | Path, out: str | Path, opts: ExportOptions, log=print) 
     recipe = recipes.load(opts.quant)
     out = Path(out).expanduser()
     bundle.check_replaceable(out, opts.force, source=Path(source).expanduser())  # before any reading
+    keep = None if opts.keep_lowered is None else Path(opts.keep_lowered).expanduser()
+    if keep is not None:
+        lowered.prepare(keep)
     t0 = time.time()
     src = sources.open_source(source)
     log(f"source: {src.architecture} ({src.kind}) from {src.path}")
@@ -65,7 +68,7 @@ def export(source: str | Path, out: str | Path, opts: ExportOptions, log=print) 
         if opts.format == "onnx":
             written = _write_onnx(stage, p, src, stages)
         else:
-            written = _write_litertlm(stage, p, src, stop_ids, stages, opts.keep_lowered)
+            written = _write_litertlm(stage, p, src, stop_ids, stages, keep)
         if p.quantized:
             (stage / "quantization.json").write_text(json.dumps(
                 {"recipe": recipe.as_dict(), "tensors": quant_plan.report(list(p.tensors.values()))}, indent=1))
@@ -102,15 +105,14 @@ def _write_onnx(stage: Path, p: ExportPlan, src: Source, stages: Stages) -> dict
     for name, table in p.tables.items():
         with stages.stage(f"writing the {name.replace('_', ' ')} store"):
             row_stores[name] = row_tables.write(stage / f"{name}.bin", src.row_chunks(table.tensor),
-                                                p.tensors[table.tensor].shape, p.tensors[table.tensor],
-                                                table.scale(p.config))
+                                                p.tensors[table.tensor], table.scale(p.config))
         files.append((f"{name}.bin", name))
     return {"files": files, "row_stores": row_stores}
 
 
 def _write_litertlm(stage: Path, p: ExportPlan, src: Source, stop_ids: list[int], stages: Stages,
                     keep_lowered: Path | None) -> dict:
-    from edgepack.converters import litertlm_export as lx, litertlm_pieces, lowered, tflite_quant
+    from edgepack.converters import litertlm_export as lx, litertlm_pieces, tflite_quant
 
     work = stage / "work"
     work.mkdir()
@@ -118,7 +120,7 @@ def _write_litertlm(stage: Path, p: ExportPlan, src: Source, stop_ids: list[int]
     if p.family.piecewise_litertlm:  # streamed: a piece, then each table, at a time
         with stages.stage(lowering + ", a piece at a time, quantized as they come"):
             models = {"prefill_decode": litertlm_pieces.export_main(
-                p.decoder, p.config, src, p.tensors, p.prefill_len, p.max_context, p.graph.cache_lengths, work,
+                p.family.litertlm_pieces, p.decoder, p.config, src, p.tensors, p.prefill_len, p.max_context, p.graph.cache_lengths, work,
                 stages.console)}
     else:
         models = {"prefill_decode": work / "model.tflite"}

@@ -1,9 +1,9 @@
-"""Gemma 3n's `.litertlm` main model converted a piece at a time, so full-size E2B/E4B export streams.
+"""A `.litertlm` main model converted a piece at a time, so full-size Gemma 3n E2B/E4B export streams.
 
 litert-torch converts float constants: E2B's main graph is 9.6 GB in float32 and its conversion
-needs twice that. Converted whole it does not fit a 24 GB machine. Instead each piece (the entry:
-AltUp streams, per-layer inputs, RoPE and masks; one piece per decoder layer; the exit: LM head
-and softcap) is converted with the `prefill_<N>` and `decode` signatures, its weights read from
+needs twice that. Converted whole it does not fit a 24 GB machine. Instead each piece (the family
+declares its cuts and wires: models/gemma3n_pieces.py has the entry, one piece per decoder layer
+and the exit) is converted with the `prefill_<N>` and `decode` signatures, its weights read from
 the checkpoint just before and quantized by ai-edge-quantizer just after (the exit's LM head by
 edgepack, never whole in float: convert_exit), then dropped. The pieces'
 flatbuffers are stitched into the two signatures of one model (converters/tflite_stitch.py):
@@ -14,7 +14,6 @@ share between layers (tests/test_stitch.py), the weights stored once for both si
 from __future__ import annotations
 
 import copy
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -23,124 +22,22 @@ from torch import nn
 
 from edgepack import contract
 from edgepack.converters import quant_plan
-from edgepack.converters.models import blocks
+from edgepack.converters.models.family import PieceSpec
 from edgepack.converters.tflite_stitch import Piece
 from edgepack.errors import EdgepackError
 
-_KINDS = ("full_attention", "sliding_attention")
 STAND_IN_ROWS = 64  # a table's rows a model is converted with before the whole table is put in
 
 
-class Entry(nn.Module):
-    """embeddings, per_layer_embeddings, input_pos, mask -> streams, per-layer inputs, RoPE, sliding mask."""
-
-    def __init__(self, model, lengths: dict[str, int]):
-        super().__init__()
-        self.model, self.lengths = model, lengths
-
-    def forward(self, embeddings, per_layer_embeddings, input_pos, mask):
-        streams, ple, rope, masks = self.model.begin(embeddings, per_layer_embeddings, input_pos, mask, self.lengths)
-        out = {"streams": streams, "per_layer_inputs": ple, "sliding_mask": masks["sliding_attention"].cache}
-        for kind in _KINDS:
-            out[f"cos_{kind}"], out[f"sin_{kind}"] = rope[kind]
-        return out
-
-
-class Layer(nn.Module):
-    """Decoder layer i: streams in and out; a cache owner also writes and outputs its K/V cache."""
-
-    def __init__(self, model, i: int, ring: int | None):
-        super().__init__()
-        self.model, self.i, self.ring = model, i, ring
-
-    def forward(self, streams, per_layer_inputs, cos, sin, mask, input_pos, k_cache, v_cache):
-        m, i = self.model, self.i
-        kind = m.config.layer_types[i]
-        layer_mask = blocks.LayerMask(mask, ring=self.ring if kind == "sliding_attention" else None)
-        streams, kv = m.model.layers[i](streams, cos, sin, layer_mask, per_layer_inputs[:, :, i],
-                                        blocks.LayerKV(k_cache, v_cache), input_pos, m.cache)
-        out = {"streams": streams}
-        if m.config.kv_source(i) == i:
-            out |= {"k_cache": kv.k, "v_cache": kv.v}
-        return out
-
-
-class Exit(nn.Module):
-    """streams -> logits of the last position (decode only: LiteRT-LM samples from `decode`)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, streams):
-        return {"logits": self.model.finish(streams)}
-
-
-@dataclasses.dataclass
-class PieceSpec:
-    name: str
-    module: nn.Module
-    params: list[str]  # the checkpoint tensors it reads (the graph mirrors their names)
-    signatures: list[str]
-    inputs: dict[str, str]  # piece input -> wire: a model input's name, or "<piece>.<output>"
-    outputs: dict[str, str]  # model output -> piece output
-
-
-def slots_by_kind(cfg, lengths: list[int]) -> dict[str, int]:
-    """Cache slots of each attention kind ('sliding_attention' may be a ring shorter than the
-    context), from the cache layers' lengths."""
-    return {cfg.layer_types[i]: n for i, n in zip(cfg.cache_layers, lengths)}
-
-
-def plan(model, cfg, prefill_len: int, lengths: list[int]) -> list[PieceSpec]:
-    """Entry, the decoder layers in order, exit; wired as the whole graph's forward is."""
-    names = [n for n, _ in model.named_parameters()]
-    prefill = contract.prefill_signature(prefill_len)
-    both = [prefill, contract.DECODE]
-    by_kind = slots_by_kind(cfg, lengths)
-    context = max(lengths)
-    ring = by_kind.get("sliding_attention", context)
-    ring = ring if ring < context else None
-    head = ("model.per_layer_model_projection.", "model.per_layer_projection_norm.", "model.altup_projections.")
-    specs = [PieceSpec("entry", Entry(model, by_kind), [n for n in names if n.startswith(head)], both,
-                       {n: n for n in ("embeddings", "per_layer_embeddings", "input_pos", "mask")}, {})]
-    for i in range(cfg.num_hidden_layers):
-        kind, src = cfg.layer_types[i], cfg.kv_source(i)
-        k, v = contract.k_cache_name(src), contract.v_cache_name(src)
-        inputs = {
-            "streams": f"layer{i - 1}.streams" if i else "entry.streams",
-            "per_layer_inputs": "entry.per_layer_inputs",
-            "cos": f"entry.cos_{kind}", "sin": f"entry.sin_{kind}",
-            "mask": "entry.sliding_mask" if kind == "sliding_attention" else "mask",
-            "input_pos": "input_pos",
-            "k_cache": k if src == i else f"layer{src}.k_cache",
-            "v_cache": v if src == i else f"layer{src}.v_cache",
-        }
-        outputs = {k: "k_cache", v: "v_cache"} if src == i else {}
-        specs.append(PieceSpec(f"layer{i}", Layer(model, i, ring), [n for n in names if n.startswith(f"model.layers.{i}.")],
-                               both, inputs, outputs))
-    last = f"layer{cfg.num_hidden_layers - 1}.streams"
-    tail = ("model.norm.", "model.altup_unembed_projections.", "model.embed_tokens.")
-    specs.append(PieceSpec("exit", Exit(model), [n for n in names if n.startswith(tail)], [contract.DECODE],
-                           {"streams": last}, {"logits": "logits"}))
-    return specs
-
-
 def sample_inputs(spec: PieceSpec, cfg, length: int, lengths: list[int], context: int) -> dict:
-    """Zeros of each input's shape for a `length`-token call."""
+    """Zeros of each input's shape for a `length`-token call: the whole graph's inputs and caches
+    as they are, the inner wires as the family describes them."""
     from edgepack.converters.litertlm_export import sample_inputs as model_inputs
 
     model = model_inputs(cfg, length, context, lengths, embeddings=True, per_layer=True)
     caches = {contract.k_cache_name(i): model["kv_cache"][f"k_{i}"] for i in cfg.cache_layers}
     caches |= {contract.v_cache_name(i): model["kv_cache"][f"v_{i}"] for i in cfg.cache_layers}
-    n, d = cfg.altup_num_inputs, cfg.head_dim
-    by_kind = slots_by_kind(cfg, lengths)
-    wires = {
-        "streams": torch.zeros(n, 1, length, cfg.hidden_size),
-        "per_layer_inputs": model["per_layer_embeddings"],
-        "cos": torch.zeros(length, d), "sin": torch.zeros(length, d),
-        "sliding_mask": torch.zeros(1, 1, length, by_kind.get("sliding_attention", context)),
-    }
+    inner = spec.inner_wires(cfg, length, lengths, context, model)
     out = {}
     for name, wire in spec.inputs.items():
         if wire in model:
@@ -151,7 +48,7 @@ def sample_inputs(spec: PieceSpec, cfg, length: int, lengths: list[int], context
             src = int(wire.split(".")[0].removeprefix("layer"))
             out[name] = caches[(contract.k_cache_name if name == "k_cache" else contract.v_cache_name)(src)]
         else:
-            out[name] = wires["sliding_mask"] if wire == "entry.sliding_mask" else wires[name]
+            out[name] = inner[name]
     return out
 
 
@@ -184,9 +81,10 @@ def _pruned(module: nn.Module, keep: set[str], prefix: str = "") -> nn.Module:
     return clone
 
 
-def export_main(model, cfg, src, plans: dict, prefill_len: int, context: int, lengths: list[int],
+def export_main(pieces, model, cfg, src, plans: dict, prefill_len: int, context: int, lengths: list[int],
                 work: Path, progress) -> Path:
-    """The `prefill_decode` model, converted and quantized a piece at a time: the float weights
+    """The `prefill_decode` model, cut as the family's `pieces` (Family.litertlm_pieces) says,
+    converted and quantized a piece at a time: the float weights
     of one piece (a decoder layer: 240 MB for E2B) at most. A quantized LM head (the exit's tied
     embedding: 2.1 GB in float) is never whole in float (convert_exit); the rest of each piece is
     quantized by ai-edge-quantizer."""
@@ -201,7 +99,7 @@ def export_main(model, cfg, src, plans: dict, prefill_len: int, context: int, le
     quantize = any(p.bits != 32 for p in plans.values())
     plans = quant_plan.main_model_plans(plans)
     head = plans[quant_plan.EMBEDDING]
-    for spec in tqdm(plan(model, cfg, prefill_len, lengths), desc="converting", unit="piece",
+    for spec in tqdm(pieces(model, cfg, prefill_len, lengths), desc="converting", unit="piece",
                      leave=False, file=progress, disable=None):
         path, rest = work / f"{spec.name}.tflite", list(spec.params)
         head_apart = spec.name == "exit" and head.bits != 32

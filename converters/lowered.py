@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from edgepack import contract
+from edgepack.errors import EdgepackError
 from edgepack.system import check_private_folder
 
 _CONVERTERS = Path(__file__).parent
@@ -57,13 +58,22 @@ def _locked(lock: Path) -> Iterator[None]:
         yield
 
 
+def prepare(keep: Path) -> None:
+    """The folder made if needed, and refused (one line) unless it is the user's own: what another
+    user could write there would be exported as the model."""
+    try:
+        keep.mkdir(mode=0o700, parents=True, exist_ok=True)
+        check_private_folder(keep)
+    except OSError as e:
+        raise EdgepackError(f"--keep-lowered {keep}: {e.strerror or e}") from None
+
+
 def lower_once(keep: Path | None, key: str, out: Path, lower: Callable[[Path], None]) -> bool:
     """`out` made by `lower(out)`, or copied from `keep` where an earlier export left it (True)."""
     if keep is None:
         lower(out)
         return False
-    keep.mkdir(mode=0o700, parents=True, exist_ok=True)
-    check_private_folder(keep)  # what another user could write here would be exported as the model
+    prepare(keep)
     kept = keep / f"{key}.tflite"
     with _locked(keep / f".{key}.lock"):
         if not kept.is_file():

@@ -20,7 +20,6 @@ from edgepack.converters.quant_plan import TensorPlan
 from edgepack.errors import EdgepackError
 
 GRAPH_FILES = {"litertlm": "model.litertlm", "onnx": "model.onnx"}
-MAX_EXPORT_CONTEXT = 32_768  # Gemma 3 and 3n's positions
 
 
 @dataclasses.dataclass
@@ -69,10 +68,10 @@ def plan_export(family: Family, hf_config: dict, recipe: recipes.Recipe, fmt: st
 
     if fmt not in plan.FORMATS:
         raise EdgepackError(f"unknown format {fmt!r}; choose from {', '.join(plan.FORMATS)}")
-    if not 2 <= max_context <= MAX_EXPORT_CONTEXT:
-        raise EdgepackError(f"--max-context must be between 2 and {MAX_EXPORT_CONTEXT:,}, got {max_context}")
+    if not 2 <= max_context <= plan.MAX_EXPORT_CONTEXT:
+        raise EdgepackError(f"--max-context must be from 2 to {plan.MAX_EXPORT_CONTEXT:,}, got {max_context}")
     if not 1 <= prefill_len <= max_context:
-        raise EdgepackError(f"--prefill-len must be between 1 and --max-context ({max_context})")
+        raise EdgepackError(f"--prefill-len must be from 1 to the context ({max_context}), got {prefill_len}")
     cfg = family.config_from_hf(hf_config)
     if max_context > cfg.max_position_embeddings:
         raise EdgepackError(f"--max-context {max_context} exceeds the model's {cfg.max_position_embeddings} positions")

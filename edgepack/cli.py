@@ -103,8 +103,12 @@ def _profile(a) -> None:
 
     if bool(a.target) == bool(a.preset):
         raise EdgepackError("give a bundle or checkpoint, or --preset NAME (one of them)")
-    if not 2 <= a.context <= 1 << 20 or a.prompt_tokens < 1 or a.tokens < 1 or a.prefill_len < 1:
-        raise EdgepackError("--context must be from 2 to 2**20, --prompt-tokens, --tokens and --prefill-len >= 1")
+    from edgepack.plan import MAX_EXPORT_CONTEXT
+
+    if not 2 <= a.context <= MAX_EXPORT_CONTEXT:  # export's bound (the planner's), under profile's name
+        raise EdgepackError(f"--context must be from 2 to {MAX_EXPORT_CONTEXT:,}, got {a.context}")
+    if a.prompt_tokens < 1 or a.tokens < 1 or a.prefill_len < 1:
+        raise EdgepackError("--prompt-tokens, --tokens and --prefill-len must be >= 1")
     r = profile(a.target, a.preset, a.quant, a.format, a.context, a.prefill_len, a.device, run=not a.no_run,
                 prompt_tokens=a.prompt_tokens, new_tokens=a.tokens)
     if a.html:
@@ -272,8 +276,9 @@ def parser() -> argparse.ArgumentParser:
                    help="recipe for a checkpoint or preset (default: none)")
     f.add_argument("--format", choices=["litertlm", "onnx"], default="litertlm",
                    help="bundle format for a checkpoint or preset (default: litertlm)")
-    f.add_argument("--context", type=int, default=4096, help="KV cache length for a checkpoint or preset (default: 4096)")
-    f.add_argument("--prefill-len", type=int, default=128, help="TFLite prefill chunk (default: 128)")
+    f.add_argument("--context", type=int, default=4096, help="KV cache length for a checkpoint or preset, as export's --max-context (default: 4096)")
+    f.add_argument("--prefill-len", type=int, default=128,
+                   help="TFLite prefill chunk for a checkpoint or preset, as export's (default: 128)")
     f.add_argument("--device", choices=sorted(devices()), help="give a verdict against this device's memory budget")
     f.add_argument("--prompt-tokens", type=int, default=512, help="measured run: prompt length (default: 512)")
     f.add_argument("--tokens", type=int, default=256, help="measured run: generated tokens (default: 256)")

@@ -320,6 +320,15 @@ def test_an_unwritable_output_is_refused_before_reading(checkpoint, tmp_path):
                           "cannot write")
 
 
+def test_a_lowering_folder_others_can_write_is_refused_before_reading(checkpoint, tmp_path):
+    shared = tmp_path / "lowered"
+    shared.mkdir()
+    shared.chmod(0o777)  # what another user wrote there would be exported as the model
+    assert_one_line_error(*cli("export", str(checkpoint("gemma3")), "-o", str(tmp_path / "o"),
+                               "--keep-lowered", str(shared))[::2], "writable by another user")
+    assert not (tmp_path / "o").exists()
+
+
 # --- signatures ----------------------------------------------------------------------------------
 
 def test_signed_bundles_verify_only_with_a_trusted_key(copy, tmp_path):

@@ -239,7 +239,7 @@ def test_lm_head_rounded_in_row_blocks_is_what_ai_edge_quantizer_writes(quant, c
     p = plan_export(src.family, src.config, recipes.load(quant), "litertlm", 64, 8, src.storage)
     model, cfg, lengths = p.decoder, p.config, p.graph.cache_lengths
     plans = quant_plan.main_model_plans(p.tensors)
-    spec = litertlm_pieces.plan(model, cfg, p.prefill_len, lengths)[-1]
+    spec = p.family.litertlm_pieces(model, cfg, p.prefill_len, lengths)[-1]  # the exit
     ours, theirs = tmp_path / "ours.tflite", tmp_path / "theirs.tflite"
     head = plans[quant_plan.EMBEDDING]
     load_weights(model, src, only=set(spec.params) - {quant_plan.EMBEDDING}, progress=None)
@@ -305,7 +305,7 @@ def test_decoding_ple_rows_allocates_nothing(bits, tmp_path):
     rows, cols = 64, 71_680
     table = np.random.default_rng(0).standard_normal((rows, cols)).astype(np.float32)
     plan = TensorPlan("ple", "per_layer_embeddings", (rows, cols), "F32", bits, 32 if bits < 32 else 0, "rounded")
-    spec = row_tables.write(tmp_path / "ple.bin", [table[:40], table[40:]], (rows, cols), plan, 16.0)
+    spec = row_tables.write(tmp_path / "ple.bin", [table[:40], table[40:]], plan, 16.0)
     ids = np.random.default_rng(1).integers(0, rows, 200)
     for cache_mb in (0.0, 8 * 4 * cols / 2**20):
         store = RowStore(tmp_path / spec.file, spec, cache_mb=cache_mb)

@@ -35,6 +35,20 @@ class Table:
     module: Callable[[Any, Any], Any]
 
 
+@dataclasses.dataclass
+class PieceSpec:
+    """One piece of a main model converted a piece at a time (converters/litertlm_pieces.py)."""
+    name: str
+    module: Any  # the nn.Module converted for it, over the whole decoder (`module.model`)
+    params: list[str]  # the checkpoint tensors it reads (the graph mirrors their names)
+    signatures: list[str]
+    inputs: dict[str, str]  # piece input -> wire: a model input's name, or "<piece>.<output>"
+    outputs: dict[str, str]  # model output -> piece output
+    # (config, tokens per call, cache lengths, context, the whole graph's sample inputs) -> a zero
+    # tensor per input that is an inner wire, by input name
+    inner_wires: Callable[[Any, int, list[int], int, dict], dict]
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
     name: str
@@ -45,10 +59,15 @@ class Family:
     decoder: Callable[[Any, str], Any]  # (config, "tflite" | "onnx") -> the graph module
     litertlm_model_type: str  # LiteRT-LM's LlmModelType field for the family
     tables: dict[str, Table] = dataclasses.field(default_factory=dict)  # row store name -> table
-    # the .litertlm main model is converted a piece at a time (converters/litertlm_pieces.py)
-    piecewise_litertlm: bool = False
+    # (decoder, config, prefill length, cache lengths) -> the pieces a .litertlm main model is
+    # converted as, one at a time (converters/litertlm_pieces.py); None: converted whole
+    litertlm_pieces: Callable[[Any, Any, int, list[int]], list[PieceSpec]] | None = None
     # checkpoint tensors the decoder never reads (config -> names), left out of every plan
     unused_tensors: Callable[[Any], list[str]] = lambda cfg: []
+
+    @property
+    def piecewise_litertlm(self) -> bool:
+        return self.litertlm_pieces is not None
 
     def tables_for(self, fmt: str) -> dict[str, Table]:
         """The tables a bundle of format `fmt` keeps out of its main graph."""

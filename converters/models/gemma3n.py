@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgepack import contract
-from edgepack.converters.models import blocks, family
+from edgepack.converters.models import blocks, family, gemma3n_pieces
 from edgepack.converters.models.gemma3 import rope_settings
 
 
@@ -378,7 +378,7 @@ FAMILY = family.Family(
             section="tf_lite_per_layer_embedder", signature=contract.PER_LAYER_EMBEDDER_SIGNATURE,
             module=PerLayerEmbedder),
     },
-    piecewise_litertlm=True,
+    litertlm_pieces=gemma3n_pieces.pieces,  # where the .litertlm main model is cut, and the wires
     # KV-shared layers read an earlier layer's cache: the real checkpoints still carry their K/V
     unused_tensors=lambda cfg: [f"model.layers.{i}.self_attn.{p}.weight" for i in
                                 range(cfg.first_shared_layer, cfg.num_hidden_layers) for p in ("k_proj", "v_proj", "k_norm")],
