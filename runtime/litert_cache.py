@@ -18,7 +18,8 @@ LiteRT-LM pays for the XNNPACK cache it keeps next to a model.
 Folder: `$EDGEPACK_CACHE/litert/<sha256 of the .litertlm>-<section offset>-<ai-edge-litert
 version>` (EDGEPACK_CACHE defaults to ~/.cache/edgepack). A stamp records the source's size and
 mtime, so a replaced .litertlm is copied again and its packed weights rebuilt, and the digest of
-every MiB of the copy, 16 of which are checked at every load (a damaged copy is copied again).
+every MiB of the copy, 16 of which are checked at every load (a damaged copy is copied again);
+the packed weights get the same stamp after the load that wrote them, and the same check.
 The folders must be the user's own and writable by nobody else, and a copy is only made with room
 for it and the packed weights. EDGEPACK_CACHE=off, or a folder that can't be used, loads from
 bytes as before (with a warning).
@@ -94,11 +95,14 @@ def cached_main_model(b: Bundle) -> Iterator[MainModelFiles | None]:
         _lock(lock)
         try:
             _refresh(b, files)
+            _check_packed(files)
         except OSError as e:
             _warn(f"cannot cache the main model in {folder} ({e.strerror})")
             yield None
             return
         yield files
+        with contextlib.suppress(OSError):  # the load went well: XNNPACK has written the packed weights
+            _stamp_packed(files)
 
 
 def used_by(b: Bundle, env: dict | None = None) -> MainModelFiles | None:
@@ -115,7 +119,7 @@ def warm_up(b: Bundle, env: dict | None = None) -> bool:
     yet: the first load packs them and peaks higher (E2B int4: 2.5 GB against 2.0 for the loads
     after it), so a measurement of the loads a user repeats comes after it. True if it ran."""
     files = used_by(b, env)
-    if files is None or files.packed_weights.exists():
+    if files is None or _packed_stamp(files).exists():
         return False
     proc = subprocess.run([sys.executable, "-c", _WARM_UP, str(b.path)], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -139,6 +143,7 @@ def _refresh(b: Bundle, files: MainModelFiles) -> None:
                 and _sample_ok(files.model, recorded, b.main_section.size)):
             return
     files.packed_weights.unlink(missing_ok=True)  # packed from the old copy
+    _packed_stamp(files).unlink(missing_ok=True)
     section = b.main_section
     free = shutil.disk_usage(files.model.parent).free
     if free < 2 * section.size + (64 << 20):  # the copy, then about as much again of packed weights
@@ -154,6 +159,38 @@ def _refresh(b: Bundle, files: MainModelFiles) -> None:
     tmp = stamp_path.with_name(f".{stamp_path.name}.{os.getpid()}")
     tmp.write_text(json.dumps(stamp))
     os.replace(tmp, stamp_path)
+
+
+def _packed_stamp(files: MainModelFiles) -> Path:
+    return files.packed_weights.with_name(files.packed_weights.name + ".json")
+
+
+def _check_packed(files: MainModelFiles) -> None:
+    """XNNPACK writes the packed weights itself, whole, while a CompiledModel loads (measured: the
+    file does not change after the load). They count only once stamped after a load that went
+    well, with a digest per MiB, and SAMPLED_BLOCKS of them are checked before each load: packed
+    weights left half-written by a failed load, or damaged since, are deleted, and this load packs
+    them again."""
+    stamp = _packed_stamp(files)
+    if not files.packed_weights.exists():
+        stamp.unlink(missing_ok=True)
+        return
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        recorded = json.loads(stamp.read_text())
+        if _sample_ok(files.packed_weights, recorded, recorded["size"]):
+            return
+    files.packed_weights.unlink()
+    stamp.unlink(missing_ok=True)
+
+
+def _stamp_packed(files: MainModelFiles) -> None:
+    stamp = _packed_stamp(files)
+    if stamp.exists() or not files.packed_weights.exists():
+        return
+    record = {"size": files.packed_weights.stat().st_size, "blocks": _block_digests(files.packed_weights)}
+    tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, stamp)
 
 
 def _block_digests(path: Path) -> list[str]:

@@ -1,6 +1,7 @@
 """The CompiledModel engine's cache (runtime/litert_cache.py): the main section copied byte for
 byte, XNNPACK's packed weights written on the first load and reused after, the same logits as the
-model read into memory, a replaced .litertlm copied again, and a cache that can't be written
+model read into memory, a replaced .litertlm copied again, damaged copies and packed weights
+found and made again, and a cache that can't be written
 falling back to memory with a warning."""
 
 from __future__ import annotations
@@ -85,6 +86,27 @@ def test_a_damaged_copy_is_found_and_copied_again(bundle, in_memory, tmp_path, m
         f.seek(b.main_section.offset)
         assert files.model.read_bytes() == f.read(b.main_section.size)
     np.testing.assert_allclose(again, in_memory, rtol=0, atol=1e-5)
+
+
+def test_damaged_packed_weights_are_found_and_packed_again(bundle, in_memory, tmp_path, monkeypatch):
+    """XNNPACK's packed weights count once stamped after a good load; half of them zeroed is found
+    at the next load (16 random MiB blocks checked; a miss: 2**-16), deleted and packed again,
+    instead of giving wrong logits; so is a file a failed load left unstamped."""
+    folder = bundle("gemma3", "litertlm", "int8")
+    decode_logits(folder, tmp_path, monkeypatch)
+    files = planned_files(Bundle(folder), tmp_path)
+    packed = files.packed_weights.read_bytes()
+    stamp = files.packed_weights.with_name(files.packed_weights.name + ".json")
+    assert stamp.exists() and len(packed) > 1 << 20
+    raw = bytearray(packed)
+    raw[len(raw) // 4: 3 * len(raw) // 4] = bytes(len(raw) // 2)
+    files.packed_weights.write_bytes(bytes(raw))
+    np.testing.assert_allclose(decode_logits(folder, tmp_path, monkeypatch), in_memory, rtol=0, atol=1e-5)
+    assert files.packed_weights.read_bytes() != bytes(raw) and stamp.exists()
+    stamp.unlink()  # as a load that died while XNNPACK was writing leaves it
+    files.packed_weights.write_bytes(bytes(raw))
+    np.testing.assert_allclose(decode_logits(folder, tmp_path, monkeypatch), in_memory, rtol=0, atol=1e-5)
+    assert stamp.exists()
 
 
 def test_a_cache_others_can_write_is_not_used(bundle, in_memory, tmp_path, monkeypatch, capfd):
