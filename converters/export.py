@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from edgepack import bundle, plan
+from edgepack.tflite_table import lookup_table
 from edgepack.converters import lowered, quant_plan, recipes, row_tables, sources
 from edgepack.converters.decoder import load_weights
 from edgepack.converters.planner import ExportPlan, plan_export
@@ -151,7 +152,7 @@ def _write_litertlm(stage: Path, p: ExportPlan, src: Source, stop_ids: list[int]
     row_stores = {}
     for name, table in p.tables.items():  # where each table's rows sit inside the .litertlm
         sec = next(s for s in sections if s.model_type == table.section)
-        where = lx.lookup_table(models[table.signature].read_bytes())
+        where = lookup_table(models[table.signature].read_bytes())
         row_stores[name] = plan.RowStore(**where | {
             "file": p.graph.file, "offset": sec.offset + where["offset"], "scale": table.scale(p.config),
             **({"scales_offset": sec.offset + where["scales_offset"]} if "scales_offset" in where else {})})

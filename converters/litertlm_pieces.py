@@ -81,9 +81,9 @@ def _pruned(module: nn.Module, keep: set[str], prefix: str = "") -> nn.Module:
     return clone
 
 
-def export_main(pieces, model, cfg, src, plans: dict, prefill_len: int, context: int, lengths: list[int],
+def export_main(cut, model, cfg, src, plans: dict, prefill_len: int, context: int, lengths: list[int],
                 work: Path, progress) -> Path:
-    """The `prefill_decode` model, cut as the family's `pieces` (Family.litertlm_pieces) says,
+    """The `prefill_decode` model, cut as the family says (`cut`: its Family.litertlm_pieces),
     converted and quantized a piece at a time: the float weights
     of one piece (a decoder layer: 240 MB for E2B) at most. A quantized LM head (the exit's tied
     embedding: 2.1 GB in float) is never whole in float (convert_exit); the rest of each piece is
@@ -99,7 +99,7 @@ def export_main(pieces, model, cfg, src, plans: dict, prefill_len: int, context:
     quantize = any(p.bits != 32 for p in plans.values())
     plans = quant_plan.main_model_plans(plans)
     head = plans[quant_plan.EMBEDDING]
-    for spec in tqdm(pieces(model, cfg, prefill_len, lengths), desc="converting", unit="piece",
+    for spec in tqdm(cut(model, cfg, prefill_len, lengths), desc="converting", unit="piece",
                      leave=False, file=progress, disable=None):
         path, rest = work / f"{spec.name}.tflite", list(spec.params)
         head_apart = spec.name == "exit" and head.bits != 32

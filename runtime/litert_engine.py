@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import mmap
 import types
 import weakref
 from pathlib import Path
@@ -26,13 +27,41 @@ import numpy as np
 from edgepack import contract
 from edgepack.bundle import Bundle
 from edgepack.errors import EdgepackError
+from edgepack.plan import MAIN_SECTION
 from edgepack.runtime import litert_cache, mapped_pages
 from edgepack.runtime.engine import Engine, copy_slots
 from edgepack.runtime.row_store import StoreOptions
 from edgepack.system import default_threads, litert_api, native_stderr_silenced
+from edgepack.tflite_table import lookup_table
 
 def litert_engine(b: Bundle, threads: int | None = None, stores: StoreOptions = StoreOptions()) -> Engine:
+    check_row_stores(b)
     return (CompiledModelEngine if litert_api() == "compiled" else InterpreterEngine)(b, threads, stores)
+
+
+def check_row_stores(b: Bundle) -> None:
+    """A row store inside the .litertlm must be exactly the table of the embedder model in the
+    section it lies in (offset, shape, dtype, scales), as LiteRT-LM would read it: the manifest's
+    word is checked against the model's own, so a store shifted inside the file, which its
+    checksums and the layout checks both let through, is refused instead of reading wrong rows.
+    Reads the sections' flatbuffer tables only, through a memory map."""
+    stores = {name: s for name, s in b.plan.row_stores.items() if s.file == b.graph.file}
+    if not stores:
+        return
+    path = b.file(b.graph.file)
+    with open(path, "rb") as f:
+        mapped = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+    for name, store in stores.items():
+        sec = next((s for s in b.graph.sections or [] if s.offset <= store.offset < s.offset + s.size), None)
+        where = None
+        if sec is not None and sec.model_type != MAIN_SECTION:
+            with contextlib.suppress(Exception):  # a flatbuffer that isn't one: the mismatch below says so
+                where = lookup_table(mapped[sec.offset:sec.offset + sec.size])
+        if where is None or store.offset != sec.offset + where["offset"] or store.shape != where["shape"] or (
+                store.dtype, store.block) != (where["dtype"], where.get("block")) or store.scales_offset != (
+                sec.offset + where["scales_offset"] if "scales_offset" in where else None):
+            raise EdgepackError(f"{b.path}: row store {name} is not where the embedder model in "
+                                f"{path.name} keeps its table (manifest offset {store.offset})")
 
 
 def _main_section(b: Bundle) -> tuple[Path, bytes]:

@@ -203,6 +203,18 @@ def test_row_stores_must_fit_their_file(bundle, tmp_path, change, needle):
     assert_one_line_error(*cli("inspect", str(dst))[::2], needle)
 
 
+@pytest.mark.parametrize("store,shift", [("per_layer_embeddings", 16), ("embeddings", -4 * 96)])
+def test_a_row_store_shifted_inside_a_litertlm_is_refused(bundle, tmp_path, store, shift):
+    """Inside the file and clear of everything else, so only the embedder model's own table can
+    tell (a row earlier, or 16 bytes later: wrong rows with exit 0 before)."""
+    dst = tmp_path / "b"
+    shutil.copytree(bundle("gemma3n_causal", "litertlm"), dst)
+    edit(dst, lambda m: m["row_stores"][store].__setitem__("offset", m["row_stores"][store]["offset"] + shift))
+    assert cli("inspect", str(dst))[0] == 0  # the layout checks pass: the manifest alone looks sane
+    assert_one_line_error(*cli("run", str(dst), "--prompt", "hi", "--max-new-tokens", "2")[::2],
+                          f"row store {store} is not where the embedder model")
+
+
 def test_a_corrupt_tokenizer_is_one_line(copy):
     size = (copy / "tokenizer.json").stat().st_size
     (copy / "tokenizer.json").write_text('{"model": 5}'.ljust(size))  # sizes still match: --no-verify loads it
