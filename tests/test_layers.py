@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {"edgepack": "edgepack", "edgepack.converters": "converters", "edgepack.runtime": "runtime"}
 BASE = {"edgepack", "edgepack.errors", "edgepack.contract", "edgepack.bundle", "edgepack.system", "edgepack.signing",
-        "edgepack.footprint", "edgepack.plan", "edgepack.manifest"}
+        "edgepack.footprint", "edgepack.plan", "edgepack.manifest", "edgepack.tflite_table"}
 TOOLS = {"edgepack.cli", "edgepack.profile", "edgepack.bench", "edgepack.evaluate", "edgepack.inspect",
          "edgepack.report", "edgepack.peers"}
 MAY_IMPORT = {"base": {"base"}, "converters": {"base", "converters"}, "runtime": {"base", "runtime"},
