@@ -122,7 +122,7 @@ def _write_litertlm(stage: Path, p: ExportPlan, src: Source, stop_ids: list[int]
         with stages.stage(lowering + ", a piece at a time, quantized as they come"):
             models = {"prefill_decode": litertlm_pieces.export_main(
                 p.family.litertlm_pieces, p.decoder, p.config, src, p.tensors, p.prefill_len, p.max_context, p.graph.cache_lengths, work,
-                stages.console)}
+                stages.console, keep_lowered)}
     else:
         models = {"prefill_decode": work / "model.tflite"}
         settings = {"family": p.family.name, "config": dataclasses.asdict(p.config), "prefill": p.prefill_len,

@@ -14,6 +14,7 @@ share between layers (tests/test_stitch.py), the weights stored once for both si
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from edgepack import contract
-from edgepack.converters import quant_plan
+from edgepack.converters import lowered, quant_plan
 from edgepack.converters.models.family import PieceSpec
 from edgepack.converters.tflite_stitch import Piece
 from edgepack.errors import EdgepackError
@@ -52,20 +53,30 @@ def sample_inputs(spec: PieceSpec, cfg, length: int, lengths: list[int], context
     return out
 
 
-def convert(spec: PieceSpec, cfg, prefill_len: int, lengths: list[int], context: int, out: Path) -> Piece:
-    """Convert one piece with litert-torch; its weights must be loaded."""
-    import litert_torch
-
+def convert(spec: PieceSpec, cfg, prefill_len: int, lengths: list[int], context: int, out: Path,
+            keep: Path | None = None) -> Piece:
+    """Convert one piece with litert-torch, in float; its weights must be loaded. With `keep`
+    (export --keep-lowered), a piece lowered before from the same weights and settings is reused:
+    the recipes of one checkpoint share their float pieces (lowered.py)."""
     module = copy.copy(spec.module)  # the piece, over a copy of the model with only its weights
     module._modules = {"model": _pruned(spec.module.model, set(spec.params))}
     module.eval()
-    conv = None
-    for sig in spec.signatures:
-        length = 1 if sig == contract.DECODE else prefill_len
-        sample = sample_inputs(spec, cfg, length, lengths, context)
-        conv = (litert_torch.signature(sig, module, sample_kwargs=sample) if conv is None
-                else conv.signature(sig, module, sample_kwargs=sample))
-    conv.convert().export(str(out))
+
+    def lower(path: Path) -> None:
+        import litert_torch
+
+        conv = None
+        for sig in spec.signatures:
+            length = 1 if sig == contract.DECODE else prefill_len
+            sample = sample_inputs(spec, cfg, length, lengths, context)
+            conv = (litert_torch.signature(sig, module, sample_kwargs=sample) if conv is None
+                    else conv.signature(sig, module, sample_kwargs=sample))
+        conv.convert().export(str(path))
+
+    settings = {"piece": spec.name, "module": type(spec.module).__qualname__, "signatures": spec.signatures,
+                "inputs": spec.inputs, "outputs": spec.outputs, "config": dataclasses.asdict(cfg),
+                "prefill": prefill_len, "lengths": lengths, "context": context}
+    lowered.lower_once(keep, keep and lowered.lowering_key(module, settings), out, lower)
     return Piece(spec.name, out, spec.inputs, spec.outputs)
 
 
@@ -82,7 +93,7 @@ def _pruned(module: nn.Module, keep: set[str], prefix: str = "") -> nn.Module:
 
 
 def export_main(cut, model, cfg, src, plans: dict, prefill_len: int, context: int, lengths: list[int],
-                work: Path, progress) -> Path:
+                work: Path, progress, keep: Path | None = None) -> Path:
     """The `prefill_decode` model, cut as the family says (`cut`: its Family.litertlm_pieces),
     converted and quantized a piece at a time: the float weights
     of one piece (a decoder layer: 240 MB for E2B) at most. A quantized LM head (the exit's tied
@@ -106,8 +117,8 @@ def export_main(cut, model, cfg, src, plans: dict, prefill_len: int, context: in
         if head_apart:
             rest.remove(quant_plan.EMBEDDING)
         load_weights(model, src, only=set(rest), progress=None)
-        pieces.append(convert_exit(spec, cfg, src, head, prefill_len, lengths, context, path) if head_apart
-                      else convert(spec, cfg, prefill_len, lengths, context, path))
+        pieces.append(convert_exit(spec, cfg, src, head, prefill_len, lengths, context, path, keep) if head_apart
+                      else convert(spec, cfg, prefill_len, lengths, context, path, keep))
         if quantize:
             params = dict(model.named_parameters())
             tflite_quant.quantize_file(path, plans, {n: params[n].detach().numpy() for n in rest})
@@ -146,7 +157,7 @@ def export_table_model(module_for, name: str, src, plan, signature: str, out: Pa
 
 
 def convert_exit(spec: PieceSpec, cfg, src, plan, prefill_len: int, lengths: list[int], context: int,
-                 out: Path) -> Piece:
+                 out: Path, keep: Path | None = None) -> Piece:
     """The exit piece with its LM head quantized, the float head never whole: converted with the
     tied embedding's first rows standing in for it (litert-torch holds about three float copies
     of a constant while converting: E2B's export peaked at 9.4 GB on its 2.1 GB head; 2.8 GB this
@@ -158,7 +169,7 @@ def convert_exit(spec: PieceSpec, cfg, src, plan, prefill_len: int, lengths: lis
     params = spec.module.model.get_submodule(owner)._parameters
     whole, params[attr] = params[attr], nn.Parameter(torch.from_numpy(stand_in), requires_grad=False)
     try:
-        piece = convert(spec, cfg, prefill_len, lengths, context, out)
+        piece = convert(spec, cfg, prefill_len, lengths, context, out, keep)
     finally:
         params[attr] = whole
     quantize_lm_head(out, plan, src, stand_in, cfg.final_logit_softcapping)

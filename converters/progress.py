@@ -8,6 +8,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -31,12 +32,37 @@ class Stages:
         t0 = time.time()
         notes: list[str] = []
         try:
-            with self._captured():
+            with self._captured(), self._ticking(what, t0):
                 yield notes.append
         except BaseException:
             self.say(f"{what} failed; the converters' output is in {self.log}")
             raise
         self.say(f"{what}: done in {time.time() - t0:.0f} s" + "".join(f" ({n})" for n in notes))
+
+    @contextlib.contextmanager
+    def _ticking(self, what: str, t0: float) -> Iterator[None]:
+        """On a terminal, the stage's elapsed seconds counted in place (a lowering runs for minutes
+        with nothing else to show); nothing in logs and CI."""
+        console = self.console
+        if self.verbose or not console.isatty():
+            yield
+            return
+        done = threading.Event()
+
+        def tick() -> None:
+            while not done.wait(1.0):
+                console.write(f"\r{what} ... {time.time() - t0:.0f} s")
+                console.flush()
+
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            done.set()
+            ticker.join()
+            console.write("\r\033[K")  # the running count gives way to the stage's closing line
+            console.flush()
 
     @contextlib.contextmanager
     def _captured(self) -> Iterator[None]:

@@ -120,7 +120,8 @@ def synth(preset: str, out: Path, seed: int = 0, towers: bool = True, force: boo
     rng = np.random.default_rng(seed)
     groups = _shards(shapes)
     weight_map = {}
-    with staging(Path(out), force, complete_when="config.json") as stage, tqdm(total=total, unit="param", unit_scale=True, desc="writing") as bar:
+    with staging(Path(out), force, complete_when="config.json") as stage, \
+            tqdm(total=total, unit="param", unit_scale=True, desc="writing", disable=None) as bar:  # a terminal only
         for k, names in enumerate(groups, 1):
             fname = f"model-{k:05d}-of-{len(groups):05d}.safetensors"
             header, offset = {"__metadata__": {"format": "pt"}}, 0

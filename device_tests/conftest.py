@@ -3,6 +3,7 @@ emulated Pis plus the SSH and adb targets, which skip with one line when no hard
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -43,14 +44,25 @@ def target(request, shared):
     return _prepared[spec]
 
 
-def on_host(bundles, prompts, tokens) -> dict:
-    """on_device.py run by the host's own python: the reference the device must reproduce."""
+def on_host(bundles, prompts, tokens, shared=None) -> dict:
+    """on_device.py run by the host's own python: the reference the device must reproduce. With
+    the `shared` fixture, once per run for every target that asks the same."""
     args = [sys.executable, str(ON_DEVICE), *map(str, bundles), "--tokens", str(tokens)]
     for p in prompts:
         args += ["--prompt", p]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def run(folder=None) -> str:
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=1800)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        if folder is not None:
+            folder.mkdir()
+            (folder / "host.json").write_text(proc.stdout.strip().splitlines()[-1])
+        return proc.stdout.strip().splitlines()[-1]
+
+    if shared is None:
+        return json.loads(run())
+    key = hashlib.sha256(json.dumps(args[1:]).encode()).hexdigest()[:16]
+    return json.loads((shared(f"device-host-{key}", run) / "host.json").read_text())
 
 
 def on_target(target, bundles, prompts, tokens, memory_limit=None, extra=()):

@@ -51,9 +51,9 @@ def assert_same_generation(host: dict, device: dict, tol: float = 1e-3, relative
                               f"(host {hv[:2]}, device {dv[:2]})"
 
 
-def test_tiny_bundles_match_host(target, bundle):
+def test_tiny_bundles_match_host(target, bundle, shared):
     bundles = [bundle(m, f) for m, f in TINY]
-    host = on_host(bundles, PROMPTS, 16)
+    host = on_host(bundles, PROMPTS, 16, shared)
     res = on_target(target, bundles, PROMPTS, 16)
     assert res.returncode == 0, res.stderr[-3000:]
     device = json.loads(res.stdout.strip().splitlines()[-1])
@@ -64,10 +64,10 @@ def test_tiny_bundles_match_host(target, bundle):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "litertlm"])
-def test_270m_int4_first_tokens_within_2gb(target, bundle_270m, fmt):
+def test_270m_int4_first_tokens_within_2gb(target, bundle_270m, fmt, shared):
     folder = bundle_270m(fmt, "int4")
     prompt = ["The capital of France is"]
-    host = on_host([folder], prompt, 8)
+    host = on_host([folder], prompt, 8, shared)
     limit = device_budget(BOARD)
     res = on_target(target, [folder], prompt, 8, memory_limit=limit)
     assert not res.oom_killed, f"killed at the {BOARD} limit ({limit >> 20} MiB)"

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from edgepack import system
 from edgepack.errors import EdgepackError
 
 QUANT_METAVAR = "none|int8|int4|int4-head4|RECIPE.json"
@@ -63,12 +64,42 @@ def _run(a) -> None:
     stores = StoreOptions(a.ple_cache_mb, a.ple_advice)
     gen = Generator(a.bundle, threads=a.threads, verify=not a.no_verify, memory_check=not a.no_memory_check,
                     stores=stores, trusted_keys=a.trusted_key)
+    pieces = []
     for piece in gen.stream(a.prompt, a.max_new_tokens, sampling, chat=a.chat):
+        if a.json:
+            pieces.append(piece)
+            continue
         sys.stdout.write(piece)
         sys.stdout.flush()
-    sys.stdout.write("\n")
     if gen.hit_context_limit:
         print(f"edgepack: stopped at the bundle's context limit ({gen.max_context} tokens)", file=sys.stderr)
+    if a.json:
+        print(json.dumps({"text": "".join(pieces), "stats": run_stats(gen)}, indent=2))
+        return
+    sys.stdout.write("\n")
+    if a.stats:
+        print(stats_line(run_stats(gen)), file=sys.stderr)
+
+
+def run_stats(gen) -> dict:
+    """What `run --stats` reports: the bundle's size on disk, the load (checks, checksums,
+    tokenizer, engine), time to first token (prefill and one decode step), decode speed as the
+    caller saw it, and the process's peak resident memory."""
+    from edgepack.footprint import peak_rss
+
+    r = gen.last_run
+    return {"bundle_bytes": sum(f.size for f in gen.bundle.plan.files), "load_s": round(gen.load_s, 3),
+            "prompt_tokens": r.prompt_tokens, "new_tokens": r.new_tokens,
+            "first_token_s": round(r.first_token_s, 3),
+            "decode_tok_s": None if r.decode_tok_s is None else round(r.decode_tok_s, 2),
+            "peak_rss_bytes": peak_rss(), "engine": type(gen.engine).__name__}
+
+
+def stats_line(st: dict) -> str:
+    speed = "n/a" if st["decode_tok_s"] is None else f"{st['decode_tok_s']:.1f} tok/s"
+    return (f"edgepack: {st['bundle_bytes'] / 2**20:,.0f} MiB bundle, loaded in {st['load_s']:.2f} s, first token "
+            f"in {st['first_token_s']:.2f} s ({st['prompt_tokens']}-token prompt), decode {speed} "
+            f"({st['new_tokens']} tokens), peak memory {st['peak_rss_bytes'] / 2**20:,.0f} MiB")
 
 
 def _eval(a) -> None:
@@ -213,6 +244,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1]; 1 = off")
     r.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     r.add_argument("--chat", action="store_true", help="wrap the prompt in the bundle's chat template")
+    r.add_argument("--stats", action="store_true",
+                   help="end with one line on stderr: bundle size, load time, time to first token, decode "
+                        "tok/s, peak memory")
+    r.add_argument("--json", action="store_true",
+                   help="print {\"text\": ..., \"stats\": {...}} on stdout instead of streaming the text")
     r.add_argument("--trusted-key", action="append", metavar="PUBKEY",
                    help="require the bundle to be signed by this Ed25519 public key (repeatable: any of them)")
     r.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle files")
@@ -318,6 +354,7 @@ def check_text(text: str, flag: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    system.quiet_third_party_logs()
     try:
         args.func(args)
     except EdgepackError as e:
@@ -331,5 +368,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def entry() -> None:
+    """The `edgepack` command: main(), then a quiet exit. LiteRT's C++ runtime logs an INFO line
+    for each accelerator it tears down when the process ends (`DestroyAccelerator ...`), after
+    everything edgepack had to say: stderr is closed to it once the command is done."""
+    code = main()
+    if "ai_edge_litert" in sys.modules:
+        system.quiet_native_exit()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -87,7 +87,7 @@ def evaluate(bundle: str | Path, text: str, tokens: int = 2048, reference: str |
             ref_all = all_position_logits(resolve(reference), ids[:-1])
     nll = ref_nll = kl = 0.0
     agree = 0
-    for i in tqdm(range(n), desc="scoring", unit="tok", leave=False):
+    for i in tqdm(range(n), desc="scoring", unit="tok", leave=False, disable=None):  # None: a terminal only
         lp = log_softmax(ours(i))
         nll -= lp[ids[i + 1]]
         if reference is None:

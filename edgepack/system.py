@@ -94,3 +94,26 @@ def native_stderr_silenced() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(null)
+
+
+def quiet_native_exit() -> None:
+    """For a process that has said everything: native libraries' own lines at teardown (static
+    destructors run after Python's last statement) go nowhere instead of to the terminal."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
+# Libraries that log at WARNING about what is normal here: torchao (imported by transformers) about
+# its CUDA kernels on a CPU machine, torch's pytree about enums it now supports. Their errors stay.
+CHATTY_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+def quiet_third_party_logs() -> None:
+    """For the CLI: the libraries' notices about themselves off the user's terminal."""
+    import logging
+
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -30,6 +31,19 @@ class StepResult:
     logits: np.ndarray
 
 
+@dataclasses.dataclass
+class RunStats:
+    """How the last generation went (`Generator.last_run`)."""
+    prompt_tokens: int
+    new_tokens: int = 0  # decode steps run (a stop token counts: it was computed)
+    first_token_s: float = 0.0  # prompt in -> first new token sampled (prefill + one decode step)
+    decode_s: float = 0.0  # the steps after the first
+
+    @property
+    def decode_tok_s(self) -> float | None:
+        return (self.new_tokens - 1) / self.decode_s if self.new_tokens > 1 and self.decode_s > 0 else None
+
+
 class Generator:
     """`verify` checks every file's sha256; `memory_check` refuses, before anything big is read,
     a bundle whose predicted peak (edgepack/footprint.py) is over what this process may use;
@@ -40,6 +54,7 @@ class Generator:
                  memory_check: bool = True, stores: StoreOptions = StoreOptions(), trusted_keys: list | None = None):
         from tokenizers import Tokenizer
 
+        t0 = time.perf_counter()
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle, trusted_keys)
         # the manifest alone decides whether it fits: refuse before reading GBs for the checksums
         self.footprint = check_fits(self.bundle, stores.cache_mb) if memory_check else None
@@ -55,7 +70,9 @@ class Generator:
         self.stop_ids = set(tok.stop_ids)
         self.chat_template = self.bundle.plan.chat_template
         self.engine = open_engine(self.bundle, threads, stores)
+        self.load_s = time.perf_counter() - t0  # checks, checksums, tokenizer and engine
         self.hit_context_limit = False  # set when the last generation ran into max_context
+        self.last_run: RunStats | None = None
 
     @property
     def max_context(self) -> int:
@@ -85,6 +102,8 @@ class Generator:
         if bad:
             raise EdgepackError(f"token id {bad[0]} is outside the model's vocabulary")
         sampler = Sampler(sampling or SamplingParams())
+        stats = self.last_run = RunStats(len(ids))
+        t0 = time.perf_counter()
         self.engine.reset()
         self.engine.prefill(np.asarray(ids[:-1], np.int32))
         token, pos = ids[-1], len(ids) - 1
@@ -95,6 +114,10 @@ class Generator:
                 return
             logits = self.engine.decode(token, pos)
             token = sampler(logits)
+            now, stats.new_tokens = time.perf_counter(), stats.new_tokens + 1
+            if stats.new_tokens == 1:
+                stats.first_token_s, t0 = now - t0, now
+            stats.decode_s = now - t0
             if on_step:
                 on_step(StepResult(token, logits))
             if token in self.stop_ids:
