@@ -1,14 +1,17 @@
 """The float TFLite lowering, kept to be reused by the next export of the same model (`edgepack
 export --keep-lowered DIR`).
 
-A whole-graph .litertlm export lowers the float model (litert-torch: the 270M's takes 80-odd
-seconds and 6 GB) and quantizes the flatbuffer after (tflite_quant.py), so the recipes of one
-checkpoint at one context share their lowering. Kept, the next recipe starts from a copy of it.
+A .litertlm export lowers the float model (litert-torch: the 270M's takes 80-odd seconds and
+6 GB) and quantizes the flatbuffer after (tflite_quant.py), so the recipes of one checkpoint at
+one context share their lowering; a piecewise export (litertlm_pieces.py) lowers and quantizes a
+piece at a time, and shares each float piece the same way. Kept, the next export starts from a
+copy of it.
 
 An entry is named by the digest of everything the lowering depends on: the float weights and
 buffers, the config, the signatures' shapes, the versions of torch, litert-torch and edgepack and
 the converters' own source, so a changed model, option or converter lowers again. Entries are the
-user's own folder's business (1.1 GB for the 270M): nothing is kept unless asked for.
+user's own folder's business (1.1 GB for the 270M): nothing is kept unless asked for, and
+nothing is ever deleted from it.
 """
 
 from __future__ import annotations
