@@ -48,7 +48,8 @@ def export(source: str | Path, out: str | Path, opts: ExportOptions, log=print) 
         lowered.prepare(keep)
     t0 = time.time()
     src = sources.open_source(source)
-    log(f"source: {src.architecture} ({src.kind}) from {src.path}")
+    said = src.kind.lower() in src.architecture.lower()  # "Gemma3ForCausalLM (GGUF)" names its kind already
+    log(f"source: {src.architecture}{'' if said else f' ({src.kind})'} from {src.path}")
     if src.skipped:
         log(f"notice: skipping non-text components for now: {', '.join(src.skipped)}")
     context = opts.max_context or min(DEFAULT_CONTEXT, int(src.config.get("max_position_embeddings", DEFAULT_CONTEXT)))
