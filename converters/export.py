@@ -129,9 +129,8 @@ def _write_litertlm(stage: Path, p: ExportPlan, src: Source, stop_ids: list[int]
         settings = {"family": p.family.name, "config": dataclasses.asdict(p.config), "prefill": p.prefill_len,
                     "context": p.max_context, "cache_lengths": p.graph.cache_lengths,
                     "embeddings": p.graph.inputs == "embeddings", "per_layer": p.family.per_layer_input("litertlm")}
-        key = keep_lowered and lowered.lowering_key(p.decoder, settings)
         with stages.stage(lowering) as note:
-            if lowered.lower_once(keep_lowered, key, models["prefill_decode"], lambda out: lx.convert_main(
+            if lowered.lower_once(keep_lowered, p.decoder, settings, models["prefill_decode"], lambda out: lx.convert_main(
                     p.decoder, p.config, p.prefill_len, p.max_context, p.graph.cache_lengths, out,
                     embeddings=settings["embeddings"], per_layer=settings["per_layer"])):
                 note(f"reused from {keep_lowered}")

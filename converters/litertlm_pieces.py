@@ -76,7 +76,7 @@ def convert(spec: PieceSpec, cfg, prefill_len: int, lengths: list[int], context:
     settings = {"piece": spec.name, "module": type(spec.module).__qualname__, "signatures": spec.signatures,
                 "inputs": spec.inputs, "outputs": spec.outputs, "config": dataclasses.asdict(cfg),
                 "prefill": prefill_len, "lengths": lengths, "context": context}
-    lowered.lower_once(keep, keep and lowered.lowering_key(module, settings), out, lower)
+    lowered.lower_once(keep, module, settings, out, lower)
     return Piece(spec.name, out, spec.inputs, spec.outputs)
 
 

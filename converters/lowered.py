@@ -16,21 +16,31 @@ nothing is ever deleted from it.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import hashlib
 import json
 import os
 import shutil
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from edgepack import contract
 from edgepack.errors import EdgepackError
-from edgepack.system import check_private_folder
+from edgepack.system import check_private_folder, lock_exclusive
 
 _CONVERTERS = Path(__file__).parent
-_CODE = [*sorted(_CONVERTERS.rglob("*.py")), Path(contract.__file__)]  # what decides the graph
+
+
+@functools.cache
+def _toolchain_digest() -> bytes:
+    """The versions and source code that decide a graph, read once per process."""
+    h = hashlib.sha256()
+    for dist in ("torch", "litert-torch", "edgepack"):
+        h.update(f"{dist}={metadata.version(dist)};".encode())
+    for source in [*sorted(_CONVERTERS.rglob("*.py")), Path(contract.__file__)]:
+        h.update(source.name.encode() + source.read_bytes())
+    return h.digest()
 
 
 def lowering_key(module, settings: dict) -> str:
@@ -38,27 +48,11 @@ def lowering_key(module, settings: dict) -> str:
     import torch
 
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for dist in ("torch", "litert-torch", "edgepack"):
-        h.update(f"{dist}={metadata.version(dist)};".encode())
-    for source in _CODE:
-        h.update(source.name.encode() + source.read_bytes())
+    h.update(_toolchain_digest())
     for name, t in [*module.named_parameters(), *module.named_buffers()]:
         h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
         h.update(t.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:32]
-
-
-@contextlib.contextmanager
-def _locked(lock: Path) -> Iterator[None]:
-    """One process lowers a key at a time; another export of the same waits and reuses it."""
-    with open(lock, "w") as f:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX
-            yield
-            return
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
 
 
 def prepare(keep: Path) -> None:
@@ -71,14 +65,18 @@ def prepare(keep: Path) -> None:
         raise EdgepackError(f"--keep-lowered {keep}: {e.strerror or e}") from None
 
 
-def lower_once(keep: Path | None, key: str, out: Path, lower: Callable[[Path], None]) -> bool:
-    """`out` made by `lower(out)`, or copied from `keep` where an earlier export left it (True)."""
+def lower_once(keep: Path | None, module, settings: dict, out: Path, lower: Callable[[Path], None]) -> bool:
+    """`out` made by `lower(out)` from `module` as `settings` say, or copied from `keep` where an
+    earlier export left the same (True). One process lowers a key at a time; another export of
+    the same waits and reuses it."""
     if keep is None:
         lower(out)
         return False
     prepare(keep)
+    key = lowering_key(module, settings)
     kept = keep / f"{key}.tflite"
-    with _locked(keep / f".{key}.lock"):
+    with open(keep / f".{key}.lock", "w") as lock:
+        lock_exclusive(lock)
         if not kept.is_file():
             lower(out)
             tmp = keep / f".{key}.{os.getpid()}"

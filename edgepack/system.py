@@ -41,6 +41,16 @@ def check_private_folder(folder: Path) -> None:
             raise OSError(errno.EPERM, f"{d} is writable by another user")
 
 
+def lock_exclusive(f) -> None:
+    """Blocks until this process holds `f`'s exclusive lock (released when `f` is closed): edgepack
+    processes sharing a cache folder take turns. Without POSIX locks, no other process to race."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    fcntl.flock(f, fcntl.LOCK_EX)
+
+
 def default_threads() -> int:
     """The cores this process may use (a Pi 4 has 4; containers may allow fewer)."""
     try:

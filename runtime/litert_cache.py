@@ -43,7 +43,7 @@ from typing import Iterator
 
 from edgepack.bundle import Bundle
 from edgepack.errors import EdgepackError
-from edgepack.system import CACHE_ENV, cache_root, check_private_folder, litert_api
+from edgepack.system import CACHE_ENV, cache_root, check_private_folder, litert_api, lock_exclusive
 
 COPY_BLOCK, READ_BLOCK = 1 << 30, 16 << 20
 BLOCK, SAMPLED_BLOCKS = 1 << 20, 16  # the cached copy's check: digests per MiB, 16 checked per load
@@ -92,7 +92,7 @@ def cached_main_model(b: Bundle) -> Iterator[MainModelFiles | None]:
         yield None
         return
     with lock:
-        _lock(lock)
+        lock_exclusive(lock)
         try:
             _refresh(b, files)
             _check_packed(files)
@@ -232,14 +232,6 @@ def _copy_range(src, dst, offset: int, size: int) -> None:
         if n == 0:
             raise OSError(0, f"{src.name} ends inside its main section")
         offset += n
-
-
-def _lock(f) -> None:
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no other edgepack process to race with, as far as we can tell
-        return
-    fcntl.flock(f, fcntl.LOCK_EX)
 
 
 def _warn(what: str) -> None:
