@@ -211,3 +211,22 @@ def test_a_kept_lowering_exports_the_same_bundle(tmp_path, checkpoint, name):
     assert sections == read_sections(reused / "model.litertlm")
     first = min(s["offset"] for s in sections)
     assert (fresh / "model.litertlm").read_bytes()[first:] == (reused / "model.litertlm").read_bytes()[first:]
+
+
+def test_bundles_with_one_tokenizer_share_its_parse(bundle, tmp_path):
+    import shutil
+
+    from edgepack.runtime import Generator
+
+    onnx, litertlm = bundle("gemma3", "onnx"), bundle("gemma3", "litertlm")
+    first = Generator(onnx)
+    assert Generator(litertlm).tokenizer is first.tokenizer  # the same file (sha256), parsed once
+    # Unverified, the file may not be what its manifest says: it is parsed, and read as it is.
+    altered = shutil.copytree(onnx, tmp_path / "altered")
+    text = (altered / "tokenizer.json").read_text()
+    (altered / "tokenizer.json").write_text(text.replace('"<pad>"', '"<dap>"', 1))  # the size holds
+    loose = Generator(altered, verify=False)
+    assert loose.tokenizer is not first.tokenizer
+    assert loose.tokenizer.token_to_id("<dap>") is not None and first.tokenizer.token_to_id("<dap>") is None
+    with pytest.raises(EdgepackError, match="sha256"):
+        Generator(altered)

@@ -17,7 +17,8 @@ import pytest
 GPL3 = "/usr/share/common-licenses/GPL-3"
 # What edgepack itself writes on stderr: its prefixed lines, export's stages and table, bench's steps.
 OWN = re.compile(r"edgepack[: (]|source: |notice: |(reading weights|lowering|quantizing|packaging|writing)\b"
-                 r"|quantization:$|  \S|wrote |read bandwidth \.\.\.$|first load: ")
+                 r"|quantization:$|  \S|wrote |read bandwidth \.\.\.$|first load: "
+                 r"|\S+: \d+ tensors, [\d.]+B parameters")  # synth's summary
 
 
 def edgepack(*args: str) -> subprocess.CompletedProcess:
@@ -37,6 +38,13 @@ def test_export_writes_only_its_stages(checkpoint, kept_lowerings, tmp_path):
                     "--keep-lowered", str(kept_lowerings))  # the run's: its lowering is done once
     assert foreign_lines(proc.stderr) == [], proc.stderr
     assert proc.stderr.splitlines()[-1].startswith("wrote ")
+
+
+def test_profile_preset_writes_only_its_report():
+    proc = edgepack("profile", "--preset", "gemma-3n-E2B", "--quant", "int4", "--context", "4096",
+                    "--device", "pi5-8gb")
+    assert foreign_lines(proc.stderr) == [], proc.stderr
+    assert "pi5-8gb" in proc.stdout, proc.stdout
 
 
 @pytest.mark.parametrize("fmt", ["litertlm", "onnx"])

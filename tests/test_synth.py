@@ -41,9 +41,14 @@ def test_gemma3n_layout_matches_the_reference_accounting(preset, layers, ple, co
 
 @pytest.fixture(scope="module")
 def synth_270m(tmp_path_factory):
-    from edgepack.converters.synth import synth
+    """Written by `edgepack synth` as a user runs it, whose stderr holds only edgepack's lines."""
+    from test_cli_output import edgepack, foreign_lines
 
-    return synth("gemma-3-270m", tmp_path_factory.mktemp("synth") / "g270", seed=0, log=lambda m: None)
+    out = tmp_path_factory.mktemp("synth") / "g270"
+    proc = edgepack("synth", "--preset", "gemma-3-270m", "--seed", "0", "-o", str(out))
+    assert foreign_lines(proc.stderr) == [], proc.stderr
+    assert proc.stderr.splitlines()[-1] == f"wrote {out}"
+    return out
 
 
 def test_synth_checkpoint_loads_in_transformers_with_finite_activations(synth_270m):
