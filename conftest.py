@@ -24,19 +24,18 @@ WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ... under xdist;
 
 
 def _own_share_of_the_cores() -> None:
-    """Under xdist, each worker keeps to its own share of the cores, and so do its threads and its
-    child processes (they inherit it: edgepack's runtime sizes its thread pools from it, torch
-    from OMP_NUM_THREADS). Two workers whose engines each spread over both cores spin against
-    each other: measured on 2 cores, the 270M's eval ran in 32 s per process with two 2-thread
-    processes side by side, 21 s with two pinned 1-thread ones (24 s for one of those alone)."""
+    """Under xdist, each worker's engines default to its share of the cores (EDGEPACK_THREADS; torch:
+    OMP_NUM_THREADS), and so do its child processes. Two workers whose engines each spread over both
+    cores spin against each other: on 2 cores, the 270M's eval took 32 s per process with two 2-thread
+    processes side by side, 21 s with two 1-thread ones (24 s for one of those alone). Not pinned:
+    a test that asks for more threads, or an emulated board (its own environment), still gets the
+    cores, and a worker waiting on the other's export leaves its core to it."""
     count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    cores = sorted(os.sched_getaffinity(0))
-    if WORKER is None or count < 2 or len(cores) < count:
+    if WORKER is None or count < 2:
         return
-    index = int(WORKER.removeprefix("gw"))
-    share = cores[index * len(cores) // count:(index + 1) * len(cores) // count]
-    os.sched_setaffinity(0, share)
-    os.environ["OMP_NUM_THREADS"] = str(len(share))
+    share = str(max(1, len(os.sched_getaffinity(0)) // count))
+    os.environ.setdefault("EDGEPACK_THREADS", share)
+    os.environ.setdefault("OMP_NUM_THREADS", share)
 
 
 _own_share_of_the_cores()  # before torch is imported: it reads OMP_NUM_THREADS once

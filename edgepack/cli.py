@@ -25,10 +25,12 @@ EPILOG = """examples:
   edgepack run bundles/gemma-3-270m --prompt "Hi" --trusted-key ~/.config/edgepack/key.pub
   edgepack eval bundles/gemma-3-270m --text /usr/share/common-licenses/GPL-3 --reference gemma-3-270m
   edgepack profile --preset gemma-3n-E2B --quant int4 --context 4096 --device pi5-8gb
+  edgepack serve bundles/gemma-3-270m --port 8080
 
 environment:
   EDGEPACK_CACHE       where a .litertlm's main model and XNNPACK's packed weights are kept
                        (default ~/.cache/edgepack; "off" reads the model into memory instead)
+  EDGEPACK_THREADS     engines' threads when --threads is not given (default: the cores available)
   EDGEPACK_LITERT_API  compiled or interpreter (the default on cores without LSE atomics: Pi 4)
 """
 
@@ -181,6 +183,29 @@ def _sign(a) -> None:
     print(f"wrote {sign(b.path / MANIFEST, Path(a.key).expanduser())}", file=sys.stderr)
 
 
+def _serve(a) -> None:
+    from edgepack.serve import ServeOptions, Server, read_api_keys
+
+    if a.rate_limit is not None and a.rate_limit < 1:
+        raise EdgepackError(f"--rate-limit must be >= 1 request per minute, got {a.rate_limit}")
+    if a.max_queue < 0 or a.timeout <= 0:
+        raise EdgepackError("--max-queue must be >= 0 and --timeout > 0")
+    keys = read_api_keys(Path(a.api_key_file).expanduser()) if a.api_key_file else ()
+    try:
+        server = Server(a.bundle, ServeOptions(host=a.host, port=a.port, api_keys=keys, rate_limit=a.rate_limit,
+                                               max_queue=a.max_queue, timeout_s=a.timeout, threads=a.threads,
+                                               log_text=a.log_text))
+    except OSError as e:
+        raise EdgepackError(f"can't listen on {a.host}:{a.port}: {e.strerror or e}") from None
+    host, port = server.address
+    print(f"edgepack serve: loading {a.bundle}; http://{host}:{port}/v1 answers once /health says ok"
+          + ("" if keys else " (no API key: anyone who can reach the port can use it)"), file=sys.stderr)
+    try:
+        server.serve_forever()
+    finally:
+        server.close()
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgepack", description="Gemma 3n and Gemma 3 to phones and Raspberry Pis.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -321,6 +346,30 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--no-run", action="store_true", help="bundles: predict only, don't run")
     f.add_argument("--html", help="write a self-contained HTML report with charts here")
     f.set_defaults(func=_profile)
+
+    sv = sub.add_parser("serve", parents=[bundle_arg, threads_arg], help="an OpenAI-compatible HTTP server",
+                        description="Serves the bundle over HTTP with OpenAI's API: POST /v1/chat/completions "
+                                    "(tools, streaming), POST /v1/completions, GET /v1/models, GET /health (503 "
+                                    "while loading), GET /metrics (Prometheus). One request runs at a time; the "
+                                    "others wait in a bounded queue. A chat's next turn reuses the cached K/V "
+                                    "of the turns before it.",
+                        epilog="examples:\n  edgepack serve bundles/gemma-3-270m-int8 --port 8080\n"
+                               "  curl http://127.0.0.1:8080/v1/completions -H 'Content-Type: application/json' "
+                               "-d '{\"prompt\": \"The capital of France is\", \"max_tokens\": 8}'",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for a network)")
+    sv.add_argument("--port", type=int, default=8080, help="TCP port (default: 8080; 0 picks a free one)")
+    sv.add_argument("--api-key-file", metavar="FILE",
+                    help="require 'Authorization: Bearer KEY' with one of the keys in FILE (one per line)")
+    sv.add_argument("--rate-limit", type=int, metavar="N",
+                    help="at most N requests per minute per API key (per client address without keys)")
+    sv.add_argument("--max-queue", type=int, default=8,
+                    help="requests that may wait for the engine; more get 503 (default: 8)")
+    sv.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                    help="a request's whole time, waiting included; then it ends (default: 600)")
+    sv.add_argument("--log-text", action="store_true", help="log each request's output text (off: counts only)")
+    sv.set_defaults(func=_serve)
 
     i = sub.add_parser("inspect", parents=[bundle_arg, json_arg], help="summarise a bundle and verify its checksums")
     i.add_argument("--no-verify", action="store_true", help="check sizes only, not sha256")

@@ -18,6 +18,7 @@ from edgepack.errors import EdgepackError
 CACHE_ENV = "EDGEPACK_CACHE"  # a folder, or "off"
 DEFAULT_CACHE = Path.home() / ".cache" / "edgepack"
 LITERT_API_ENV = "EDGEPACK_LITERT_API"  # "compiled" | "interpreter": overrides litert_api()
+THREADS_ENV = "EDGEPACK_THREADS"  # engines' thread count when none is given (default: the cores)
 _AT_HWCAP = 16
 _HWCAP_ATOMICS = 1 << 8  # arm64 <asm/hwcap.h>
 
@@ -52,7 +53,14 @@ def lock_exclusive(f) -> None:
 
 
 def default_threads() -> int:
-    """The cores this process may use (a Pi 4 has 4; containers may allow fewer)."""
+    """EDGEPACK_THREADS, or the cores this process may use (a Pi 4 has 4; containers may allow
+    fewer). The variable is for processes that share the cores: two engines that each spread over
+    all of them spin against each other."""
+    value = os.environ.get(THREADS_ENV, "")
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise EdgepackError(f"{THREADS_ENV} must be a whole number >= 1, got {value!r}")
+        return int(value)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:

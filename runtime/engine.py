@@ -53,10 +53,35 @@ class Engine:
         self.stores = {name: RowStore(b.file(spec.file), spec, stores.advice,
                                       stores.cache_mb if name == "per_layer_embeddings" else 0.0)
                        for name, spec in b.plan.row_stores.items()}
+
+        # The smallest cache along its sequence axis: a sliding layer's ring, or the context.
+        self.ring = min(shape[2 if name.startswith("kv_cache_k_") else 3] for name, shape in self.cache_shapes.items())
         self.reset()
 
     def reset(self) -> None:
+        """An empty cache."""
+        self._clear()
+        self.held: list[int] = []  # the token ids whose K/V sit at positions 0, 1, ... of the cache
+        self.written = 0  # one past the highest position written since the reset (padding included)
+
+    def _clear(self) -> None:
         self.cache = {n: np.zeros(s, np.float32) for n, s in self.cache_shapes.items()}
+
+    def reusable(self, ids: list[int]) -> int:
+        """How many of a prompt's first tokens already have their K/V in the cache, so a run can
+        prefill from there (a chat's next turn): the held tokens up to where they and the prompt
+        part, when the cache then reads as a fresh run's would. Positions the last run wrote past
+        that point are stale. A full-attention layer never reads them (they lie in its future); a
+        sliding layer's ring (position p in slot p % ring, contract.cache_lengths) reads a stale
+        p as p - ring once it has wrapped, and that position is still in a query's window unless p
+        is at most (ring - window) past the parting point. Otherwise nothing is reused."""
+        n = 0
+        for a, b in zip(self.held, ids[:-1]):
+            if a != b:
+                break
+            n += 1
+        slack = (self.prefill_length or 1) - 1  # ring - window: the chunk a call writes, less one
+        return n if self.written <= self.ring or n >= self.written - 1 - slack else 0
 
     def _inputs(self, ids: np.ndarray, positions: np.ndarray) -> dict[str, np.ndarray]:
         t = len(ids)
@@ -80,10 +105,14 @@ class Engine:
             # Padding slots take the following positions: their K/V land beyond the prompt and are
             # overwritten by decode before any query can see them.
             self._run_prefill(padded, np.arange(start + s, start + s + size, dtype=np.int32))
+            self.written = max(self.written, start + s + size)
+        self.held = self.held[:start] + [int(i) for i in ids]
         release_freed_heap()  # the chunks' inputs and the engine's scratch: ~15 MiB on E2B
 
     def decode(self, token: int, pos: int) -> np.ndarray:
         logits = self._run_decode(np.array([token], np.int32), np.array([pos], np.int32))
+        self.held = self.held[:pos] + [int(token)]
+        self.written = max(self.written, pos + 1)
         if logits.shape != (self.vocab_size,):
             raise EdgepackError(f"{self.bundle.path}: the graph gives {logits.shape[-1]} logits, the manifest's "
                                 f"vocab_size is {self.vocab_size}")

@@ -39,6 +39,7 @@ class RunStats:
     new_tokens: int = 0  # decode steps run (a stop token counts: it was computed)
     first_token_s: float = 0.0  # prompt in -> first new token sampled (prefill + one decode step)
     decode_s: float = 0.0  # the steps after the first
+    reused_tokens: int = 0  # prompt tokens whose K/V a previous run left in the cache (not prefilled)
 
     @property
     def decode_tok_s(self) -> float | None:
@@ -92,6 +93,9 @@ class Generator:
         self.engine = open_engine(self.bundle, threads, stores)
         self.load_s = time.perf_counter() - t0  # checks, checksums, tokenizer and engine
         self.hit_context_limit = False  # set when the last generation ran into max_context
+        # A prompt that starts with the last run's tokens (a chat's next turn) prefills only the
+        # rest (Engine.reusable); False prefills every prompt whole.
+        self.reuse_cache = True
         self.last_run: RunStats | None = None
 
     @property
@@ -124,8 +128,10 @@ class Generator:
         sampler = Sampler(sampling or SamplingParams())
         stats = self.last_run = RunStats(len(ids))
         t0 = time.perf_counter()
-        self.engine.reset()
-        self.engine.prefill(np.asarray(ids[:-1], np.int32))
+        reuse = stats.reused_tokens = self.engine.reusable(ids) if self.reuse_cache else 0
+        if reuse == 0:
+            self.engine.reset()
+        self.engine.prefill(np.asarray(ids[reuse:-1], np.int32), start=reuse)
         token, pos = ids[-1], len(ids) - 1
         self.hit_context_limit = False
         for _ in range(max_new_tokens):

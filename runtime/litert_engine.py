@@ -121,7 +121,7 @@ class CompiledModelEngine(Engine):
             self.rt.logits = model.create_output_buffer_by_name(self.decode_sig, "logits")
         super().__init__(b, stores)
 
-    def reset(self) -> None:
+    def _clear(self) -> None:
         with native_stderr_silenced():  # the first write into a buffer can start an environment
             for name, shape in self.cache_shapes.items():
                 self.rt.cache[name].write(np.zeros(shape, np.float32))
@@ -198,7 +198,7 @@ class InterpreterEngine(Engine):
                 self.decode_sig = _Signature(self.interpreter, contract.DECODE)
         super().__init__(b, stores)
 
-    def reset(self) -> None:
+    def _clear(self) -> None:
         for sig in (self.prefill_sig, self.decode_sig):
             for name in self.cache_names:
                 sig.input(name).fill(0.0)

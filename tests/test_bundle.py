@@ -230,3 +230,51 @@ def test_bundles_with_one_tokenizer_share_its_parse(bundle, tmp_path):
     assert loose.tokenizer.token_to_id("<dap>") is not None and first.tokenizer.token_to_id("<dap>") is None
     with pytest.raises(EdgepackError, match="sha256"):
         Generator(altered)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "litertlm"])
+def test_a_prompt_that_continues_the_last_run_prefills_only_the_rest(bundle, fmt):
+    """A prompt that starts with the last run's tokens (a chat's next turn) keeps their K/V and
+    prefills only the rest, with the logits of a run from an empty cache. Past the sliding layers'
+    rings (8 slots in the ONNX graph, 8 + 8 - 1 in the .litertlm) only when at most ring - window
+    tokens (0 and 7) were written past the point where the prompt parts from them."""
+    from edgepack.runtime import Generator
+
+    gen = Generator(bundle("gemma3", fmt))
+
+    def run(ids, reuse=True, n=3):
+        gen.reuse_cache = reuse
+        steps = []
+        list(gen.generate_ids(ids, n, on_step=steps.append))
+        return steps, gen.last_run.reused_tokens
+
+    def same_as_fresh(ids, reused_steps):
+        fresh, none = run(ids, reuse=False)
+        assert none == 0 and [s.token for s in reused_steps] == [s.token for s in fresh]
+        for a, b in zip(reused_steps, fresh):
+            np.testing.assert_allclose(a.logits, b.logits, rtol=1e-4, atol=1e-4)
+
+    more = gen.tokenizer.encode(" and then the dragon slept", add_special_tokens=False).ids
+    run(gen.encode("Once upon a time, in a land far away, there lived"))
+    held = list(gen.engine.held)
+    assert len(held) > gen.engine.ring  # past the rings
+    steps, reused = run(held + more)
+    assert reused == len(held)
+    same_as_fresh(held + more, steps)
+
+    run(held + more)
+    held = list(gen.engine.held)
+    steps, reused = run(held[:-3] + more)  # parts 3 tokens before the end, the rings wrapped
+    assert reused == (len(held) - 3 if fmt == "litertlm" else 0)
+    same_as_fresh(held[:-3] + more, steps)
+
+    run(held + more)
+    steps, reused = run(held[:3] + more + more)  # parts early, and the rings have wrapped
+    assert reused == 0
+    same_as_fresh(held[:3] + more + more, steps)
+
+    first = gen.encode("Hi")
+    run(first, n=2)
+    steps, reused = run(first + more[:2])  # parts at the generated token, no ring wrapped
+    assert reused == len(first)
+    same_as_fresh(first + more[:2], steps)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from edgepack.system import default_threads
+
 from checkpoints import MODELS
 
 PROMPTS = ["The capital of France is", "Once upon a time, in a land far away, there lived a small dragon who"]
@@ -25,7 +27,7 @@ def test_litert_lm_greedy_equals_transformers(name, bundle, reference, litert_lm
 
     folder = bundle(name, "litertlm")
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    engine = litert_lm.Engine(str(folder / "model.litertlm"), backend=litert_lm.Backend.CPU(thread_count=2),
+    engine = litert_lm.Engine(str(folder / "model.litertlm"), backend=litert_lm.Backend.CPU(thread_count=default_threads()),
                               cache_dir=str(tmp_path))
     assert engine.bos_token_id == 2
     for prompt in PROMPTS:

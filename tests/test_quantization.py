@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from edgepack.errors import EdgepackError
+from edgepack.system import default_threads
 
 PROMPT = "The quick brown fox"
 
@@ -122,7 +123,7 @@ def test_litert_lm_runs_quantized_litertlm_like_edgepack(name, quant, bundle, tm
     from edgepack.runtime.generate import Generator
 
     folder = bundle(name, "litertlm", quant)
-    engine = litert_lm.Engine(str(folder / "model.litertlm"), backend=litert_lm.Backend.CPU(thread_count=2),
+    engine = litert_lm.Engine(str(folder / "model.litertlm"), backend=litert_lm.Backend.CPU(thread_count=default_threads()),
                               cache_dir=str(tmp_path))
     session = engine.create_session(apply_prompt_template=False, max_output_tokens=12,
                                     sampler_config=litert_lm.SamplerConfig(top_k=1))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -189,3 +190,17 @@ def test_hot_rows_evict_the_least_recently_used():
             cache.put(row)[:] = row
     assert (cache.hits, cache.misses) == (hits, misses)
     assert list(cache.slots) == list(ref)
+
+
+def test_threads_from_the_environment(monkeypatch):
+    from edgepack.errors import EdgepackError
+    from edgepack.system import THREADS_ENV, default_threads
+
+    monkeypatch.setenv(THREADS_ENV, "3")
+    assert default_threads() == 3
+    for bad in ("0", "-1", "two", "1.5"):
+        monkeypatch.setenv(THREADS_ENV, bad)
+        with pytest.raises(EdgepackError, match=THREADS_ENV):
+            default_threads()
+    monkeypatch.delenv(THREADS_ENV)
+    assert default_threads() == len(os.sched_getaffinity(0))
