@@ -4,7 +4,7 @@ arm64, so it takes under a minute instead of a chroot's ten.
 1. `debootstrap --foreign --variant=minbase --include=python3` downloads the packages and unpacks
    the required ones; the rest (python3 and its libraries) are unpacked with `dpkg-deb -x`. No
    maintainer script runs: nothing in the root is configured, which python doesn't need.
-2. The host's pip resolves `edgepack[runtime]` for aarch64 and cp311 (`--platform manylinux_*_aarch64
+2. The host's pip resolves `edgepack[runtime,serve]` for aarch64 and cp311 (`--platform manylinux_*_aarch64
    --only-binary=:all:`): exactly the wheels a Pi running Raspberry Pi OS (bookworm) would get,
    and neither a compiler nor torch can slip in.
 
@@ -57,12 +57,13 @@ def build_wheel(out: Path) -> Path:
 
 
 def runtime_requirements(wheel: Path) -> list[str]:
-    """The `runtime` extra of the wheel's own metadata: what `pip install edgepack[runtime]` pulls."""
+    """The `runtime` and `serve` extras of the wheel's own metadata: what `pip install
+    edgepack[runtime,serve]` pulls."""
     with zipfile.ZipFile(wheel) as z:
         meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
         msg = email.parser.Parser().parsestr(z.read(meta).decode())
     reqs = msg.get_all("Requires-Dist") or []
-    return sorted(r for r in reqs if "extra" not in r or '"runtime"' in r)
+    return sorted(r for r in reqs if "extra" not in r or '"runtime"' in r or '"serve"' in r)
 
 
 def aarch64_pip_args() -> list[str]:
@@ -108,7 +109,7 @@ def _build(base: Path, wheel: Path) -> None:
             subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
         shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
         site = stage / "site"
-        _pip("install", "--target", str(site), *aarch64_pip_args(), f"{wheel}[runtime]")
+        _pip("install", "--target", str(site), *aarch64_pip_args(), f"{wheel}[runtime,serve]")
         for p in site.glob("edgepack*"):  # edgepack comes fresh from the checkout on every run
             shutil.rmtree(p)
         versions = {}

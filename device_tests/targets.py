@@ -20,6 +20,8 @@ from edgepack.system import LITERT_API_ENV
 
 HERE = Path(__file__).resolve().parent
 ON_DEVICE = HERE / "on_device.py"
+SERVE_ON_DEVICE = HERE / "serve_on_device.py"
+SCRIPTS = (ON_DEVICE, SERVE_ON_DEVICE)  # what a board runs, copied to real boards by prepare()
 
 # /proc/cpuinfo of each board (onnxruntime reads it; qemu would otherwise show the host's x86 one).
 # Cortex-A72 (Pi 4) has no LSE atomics; Cortex-A76 (Pi 5) has them.
@@ -165,7 +167,7 @@ def _here(key: str, make) -> Path:
 
 
 class Ssh:
-    """A real board (Raspberry Pi OS, or any aarch64 Debian): a venv with `edgepack[runtime]` from
+    """A real board (Raspberry Pi OS, or any aarch64 Debian): a venv with `edgepack[runtime,serve]` from
     this checkout's wheel, bundles copied over with scp, memory limits through systemd-run."""
 
     remote_dir = "edgepack-device"
@@ -203,12 +205,13 @@ class Ssh:
                     60).returncode != 0:
             raise Unavailable(f"{self.name}: can't reach {self.spec} or make a venv there")
         self._copy(wheel, f"{d}/")
-        self._copy(ON_DEVICE, f"{d}/")
+        for script in SCRIPTS:
+            self._copy(script, f"{d}/")
         p = self._sh(f"{d}/venv/bin/pip install -q --force-reinstall --no-deps {d}/{wheel.name} && "
-                     f"{d}/venv/bin/pip install -q '{d}/{wheel.name}[runtime]' && "
+                     f"{d}/venv/bin/pip install -q '{d}/{wheel.name}[runtime,serve]' && "
                      f"{d}/venv/bin/python -c 'import platform; print(platform.machine())'")
         if p.returncode != 0:
-            raise RuntimeError(f"{self.name}: installing edgepack[runtime] failed:\n{p.stderr[-3000:]}")
+            raise RuntimeError(f"{self.name}: installing edgepack[runtime,serve] failed:\n{p.stderr[-3000:]}")
         self.copied: dict[Path, str] = {}
         return {"machine": p.stdout.strip()}
 
@@ -221,7 +224,8 @@ class Ssh:
         return self.copied[host_path]
 
     def run(self, args: list[str], memory_limit: int | None = None, timeout: float = 1800) -> Result:
-        args = [f"{self.remote_dir}/on_device.py" if a == str(ON_DEVICE) else a for a in args]
+        scripts = {str(s): f"{self.remote_dir}/{s.name}" for s in SCRIPTS}
+        args = [scripts.get(a, a) for a in args]
         cmd = shlex.join([f"{self.remote_dir}/venv/bin/python", *args])
         if memory_limit is not None:
             cmd = (f"systemd-run --user --scope --quiet -p MemoryMax={memory_limit} -p MemorySwapMax=0 {cmd}")

@@ -7,7 +7,9 @@
   the emulated Pis) without being killed;
 - `edgepack inspect` verifies a bundle on the device and rejects a copy with one altered byte;
 - a bundle predicted not to fit the board is refused before loading, with the predicted numbers;
-  forced past the check, the same run is killed at the limit.
+  forced past the check, the same run is killed at the limit;
+- `edgepack serve` starts on the device and answers a completion over loopback with the host's
+  greedy tokens.
 
 Emulation is slow (8x to 600x): nothing here is a speed figure.
 """
@@ -20,6 +22,7 @@ import shutil
 import pytest
 
 from device_tests.conftest import on_host, on_target
+from device_tests.targets import SERVE_ON_DEVICE, Emulated
 from edgepack.footprint import device_budget
 
 TINY = [(m, f) for m in ("gemma3n_multimodal", "gemma3") for f in ("litertlm", "onnx")]
@@ -108,3 +111,21 @@ def test_bundle_over_budget_is_refused_before_loading(target, bundle_270m):
     assert refused.peak < limit
     forced = on_target(target, [folder], ["Hi"], 4, memory_limit=limit, extra=["--no-memory-check"])
     assert forced.oom_killed or forced.returncode in (-9, 137), (forced.returncode, forced.stderr[-2000:])
+
+
+def test_serve_answers_on_the_device(target, bundle, shared):
+    if isinstance(target, Emulated) and target.cpu == "cortex-a72":
+        pytest.skip("the emulated Pi 5 runs this: the server is the same Python on both boards, and emulation "
+                    "time is spent once")
+    folder = bundle("gemma3", "onnx")
+    host = on_host([folder], PROMPTS[:1], 8, shared)["runs"][0]
+    res = target.run([str(SERVE_ON_DEVICE), target.path(folder), "--prompt", PROMPTS[0], "--tokens", "8"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["health"] == {"status": "ok"}
+    from edgepack.runtime import Generator
+
+    tokens = host["tokens"]
+    assert out["completion"]["usage"] == {"prompt_tokens": len(host["prompt_ids"]), "completion_tokens": len(tokens),
+                                          "total_tokens": len(host["prompt_ids"]) + len(tokens)}
+    assert out["completion"]["choices"][0]["text"] == Generator(folder).tokenizer.decode(tokens, skip_special_tokens=True)

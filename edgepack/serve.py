@@ -90,8 +90,7 @@ class Server:
         self.admitted, self.admit_lock = 0, threading.Lock()  # waiting + running
         self.limiter = RateLimiter(options.rate_limit) if options.rate_limit else None
         self.metrics = Metrics()
-        self.httpd = _HTTPServer((options.host, options.port), _handler(self))
-        threading.Thread(target=self._load, name="edgepack-load", daemon=True).start()
+        self.httpd = _HTTPServer((options.host, options.port), _handler(self))  # bound: the port is taken
 
     @property
     def address(self) -> tuple[str, int]:
@@ -109,6 +108,8 @@ class Server:
             log(f"error: {e}")
 
     def serve_forever(self) -> None:
+        """Loads the bundle in the background and answers requests (/health says 503 until loaded)."""
+        threading.Thread(target=self._load, name="edgepack-load", daemon=True).start()
         self.httpd.serve_forever(poll_interval=0.2)
 
     def start(self) -> "Server":

@@ -13,6 +13,7 @@ import time
 from http.server import BaseHTTPRequestHandler
 
 from edgepack import openai_api as api
+from edgepack.errors import EdgepackError
 from edgepack.openai_api import ApiError
 
 
@@ -47,6 +48,8 @@ class Handler(BaseHTTPRequestHandler):
             self._json(e.status, e.body(), e.headers)
         except (BrokenPipeError, ConnectionResetError):
             self.status = 499  # the client left (nginx's code for it)
+        except EdgepackError as e:  # the runtime refusing this request's input
+            self._json(400, ApiError(400, str(e)).body())
         except Exception as e:  # noqa: BLE001 - a bug must not take the server down or leak a trace
             self.app.metrics.reject("internal")
             self._json(500, ApiError(500, f"internal error: {type(e).__name__}", kind="server_error").body())
@@ -197,9 +200,18 @@ class Handler(BaseHTTPRequestHandler):
         if chat:
             event([delta({"role": "assistant", "content": ""})])
         hold = chat and req.tools and req.tool_choice != "none"
-        for piece in run.pieces():
-            if not hold:
-                event([delta({"content": piece})])
+        try:
+            for piece in run.pieces():
+                if not hold:
+                    event([delta({"content": piece})])
+        except (BrokenPipeError, ConnectionResetError):
+            raise
+        except Exception as e:  # noqa: BLE001 - the status is sent: the error goes in the stream, as OpenAI's do
+            self.app.metrics.reject("internal")
+            message = str(e) if isinstance(e, EdgepackError) else f"internal error: {type(e).__name__}"
+            self.wfile.write(b"data: " + json.dumps(ApiError(500, message, kind="server_error").body()).encode()
+                             + b"\n\ndata: [DONE]\n\n")
+            return
         if hold:
             choice = self._choice(req, run, chat)
             message = choice["message"]

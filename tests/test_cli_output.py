@@ -83,3 +83,27 @@ def test_run_json_reports_the_run(bundle):
     assert st["prompt_tokens"] == len(ids) and st["new_tokens"] == gen.last_run.new_tokens
     assert st["first_token_s"] > 0 and st["load_s"] > 0 and st["peak_rss_bytes"] > 0
     assert st["decode_tok_s"] is None or st["decode_tok_s"] > 0
+
+
+def test_serve_writes_one_line_per_request_and_stops_on_ctrl_c(bundle):
+    """`edgepack serve` as a user runs it: its address on the first line, a line when ready, one per
+    request (no prompt text), and a clean stop on Ctrl-C."""
+    import signal
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "edgepack.cli", "serve", str(bundle("gemma3", "onnx")),
+                             "--port", "0"], stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()
+        url = re.search(r"http://[\d.]+:\d+/v1", first).group(0)
+        assert "ready: " in proc.stderr.readline()
+        request = urllib.request.Request(url + "/completions", json.dumps({"prompt": "Secret words", "max_tokens": 2})
+                                         .encode(), {"Content-Type": "application/json"})
+        assert json.loads(urllib.request.urlopen(request, timeout=60).read())["object"] == "text_completion"
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+    lines = [first] + rest.splitlines()
+    assert proc.returncode == 130 and foreign_lines("\n".join(lines)) == [], lines
+    assert any("POST /v1/completions 200" in line for line in lines) and "Secret" not in rest
