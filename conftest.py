@@ -23,22 +23,6 @@ from filelock import FileLock
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ... under xdist; None otherwise
 
 
-def _own_share_of_the_cores() -> None:
-    """Under xdist, each worker's engines default to its share of the cores (EDGEPACK_THREADS; torch:
-    OMP_NUM_THREADS), and so do its child processes. Two workers whose engines each spread over both
-    cores spin against each other: on 2 cores, the 270M's eval took 32 s per process with two 2-thread
-    processes side by side, 21 s with two 1-thread ones (24 s for one of those alone). Not pinned:
-    a test that asks for more threads, or an emulated board (its own environment), still gets the
-    cores, and a worker waiting on the other's export leaves its core to it."""
-    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if WORKER is None or count < 2:
-        return
-    share = str(max(1, len(os.sched_getaffinity(0)) // count))
-    os.environ.setdefault("EDGEPACK_THREADS", share)
-    os.environ.setdefault("OMP_NUM_THREADS", share)
-
-
-_own_share_of_the_cores()  # before torch is imported: it reads OMP_NUM_THREADS once
 sys.path.insert(0, str(Path(__file__).parent / "tests"))
 
 import checkpoints  # noqa: E402

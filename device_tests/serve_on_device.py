@@ -1,5 +1,7 @@
-"""Runs on the device: `edgepack serve` on loopback and one greedy completion through it, printed as
-one JSON line. Standalone on purpose: a board has only `edgepack[runtime,serve]`.
+"""Runs on the device: edgepack's server (edgepack.serve, what `edgepack serve` runs) on loopback
+and one greedy completion asked of it over HTTP, printed as one JSON line. Standalone on purpose: a
+board has only `edgepack[runtime,serve]`. The server runs in this process, not as a child: qemu-user
+can't start an arm64 child without binfmt_misc, which a container seldom has.
 
     python3 serve_on_device.py BUNDLE --prompt TEXT --tokens N
 """
@@ -8,9 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import subprocess
 import sys
+import time
 import urllib.request
 
 
@@ -20,24 +21,26 @@ def main() -> int:
     p.add_argument("--prompt", required=True)
     p.add_argument("--tokens", type=int, default=8)
     a = p.parse_args()
-    server = subprocess.Popen([sys.executable, "-m", "edgepack.cli", "serve", a.bundle, "--port", "0"],
-                              stderr=subprocess.PIPE, text=True)
+
+    from edgepack.serve import ServeOptions, Server
+
+    server = Server(a.bundle, ServeOptions(port=0)).start()
     try:
-        first = server.stderr.readline()
-        url = re.search(r"http://[\d.]+:\d+/v1", first)
-        ready = server.stderr.readline()
-        if url is None or "ready: " not in ready:
-            print(first + ready + server.stderr.read(), file=sys.stderr)
+        host, port = server.address
+        url = f"http://{host}:{port}"
+        while server.generator is None and server.load_error is None:
+            time.sleep(0.1)
+        if server.load_error:
+            print(f"edgepack: error: {server.load_error}", file=sys.stderr)
             return 2
         body = json.dumps({"prompt": a.prompt, "max_tokens": a.tokens, "temperature": 0}).encode()
-        request = urllib.request.Request(url.group(0) + "/completions", body, {"Content-Type": "application/json"})
+        request = urllib.request.Request(url + "/v1/completions", body, {"Content-Type": "application/json"})
         completion = json.loads(urllib.request.urlopen(request, timeout=1800).read())
-        health = json.loads(urllib.request.urlopen(url.group(0)[:-3] + "/health", timeout=60).read())
+        health = json.loads(urllib.request.urlopen(url + "/health", timeout=60).read())
         print(json.dumps({"completion": completion, "health": health}))
         return 0
     finally:
-        server.terminate()
-        server.wait(60)
+        server.close()
 
 
 if __name__ == "__main__":

@@ -92,7 +92,9 @@ def test_serve_writes_one_line_per_request_and_stops_on_ctrl_c(bundle):
     import urllib.request
 
     proc = subprocess.Popen([sys.executable, "-m", "edgepack.cli", "serve", str(bundle("gemma3", "onnx")),
-                             "--port", "0"], stderr=subprocess.PIPE, text=True)
+                             "--port", "0"], stderr=subprocess.PIPE, text=True,
+                            # a pytest-xdist worker ignores SIGINT, and a child would inherit that
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         first = proc.stderr.readline()
         url = re.search(r"http://[\d.]+:\d+/v1", first).group(0)

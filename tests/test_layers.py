@@ -19,7 +19,8 @@ FOLDERS = {"edgepack": "edgepack", "edgepack.converters": "converters", "edgepac
 BASE = {"edgepack", "edgepack.errors", "edgepack.contract", "edgepack.bundle", "edgepack.system", "edgepack.signing",
         "edgepack.footprint", "edgepack.plan", "edgepack.manifest", "edgepack.tflite_table"}
 TOOLS = {"edgepack.cli", "edgepack.profile", "edgepack.bench", "edgepack.evaluate", "edgepack.inspect",
-         "edgepack.report", "edgepack.peers"}
+         "edgepack.report", "edgepack.peers", "edgepack.serve", "edgepack.serve_http", "edgepack.serve_metrics",
+         "edgepack.openai_api"}
 MAY_IMPORT = {"base": {"base"}, "converters": {"base", "converters"}, "runtime": {"base", "runtime"},
               "tools": {"base", "converters", "runtime", "tools"}}
 
