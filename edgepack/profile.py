@@ -119,7 +119,7 @@ def measure(bundle: Path, prompt_tokens: int, new_tokens: int, engine: str | Non
         if pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
             break
-        sample = _sample(proc.pid, files)
+        sample = sample_memory(proc.pid, files)
         if sample:
             samples.append({"t": round(time.time() - t0, 3), **sample})
         out += (proc.stdout.read() or b"").decode()  # non-blocking: None while the child is quiet
@@ -141,8 +141,8 @@ def measure(bundle: Path, prompt_tokens: int, new_tokens: int, engine: str | Non
             "events": events, "samples": samples}
 
 
-def _sample(pid: int, files: dict[str, str]) -> dict | None:
-    """RSS, PSS and resident bytes per bundle file, from /proc/PID/smaps."""
+def sample_memory(pid: int, files: dict[str, str]) -> dict | None:
+    """RSS, PSS and resident bytes per file (`files`: resolved path -> name), from /proc/PID/smaps."""
     try:
         smaps = Path(f"/proc/{pid}/smaps").read_text()
         hwm = peak_rss(pid)

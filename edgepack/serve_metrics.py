@@ -9,6 +9,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from edgepack.profile import sample_memory
+
 SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 
 
@@ -66,32 +68,12 @@ class Metrics:
             self.decode_rate.set(stats.decode_tok_s)
 
     def render(self) -> tuple[bytes, str]:
-        self.rss.set(_statm_resident())
         gen = self.generator
+        store = gen.engine.stores.get("per_layer_embeddings") if gen is not None else None
+        files = {str(Path(store.table.filename).resolve()): "ple"} if store is not None else {}
+        sample = sample_memory(os.getpid(), files) or {"rss": 0, "files": {}}
+        self.rss.set(sample["rss"])
+        self.ple_resident.set(sample["files"].get("ple", 0))
         if gen is not None:
-            store = gen.engine.stores.get("per_layer_embeddings")
-            self.ple_resident.set(_file_resident(store.table.filename) if store is not None else 0)
             self.kv_fill.set(len(gen.engine.held) / gen.engine.cache_len)
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
-
-
-def _statm_resident() -> int:
-    try:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _file_resident(path: Path) -> int:
-    """Resident bytes of this process's mappings of `path` (/proc/self/smaps' Rss lines)."""
-    target, total, inside = str(Path(path).resolve()), 0, False
-    try:
-        with open("/proc/self/smaps") as f:
-            for line in f:
-                if "-" in line.split(" ", 1)[0]:
-                    inside = line.rstrip("\n").endswith(target)
-                elif inside and line.startswith("Rss:"):
-                    total += int(line.split()[1]) * 1024
-    except OSError:
-        return 0
-    return total
