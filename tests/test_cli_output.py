@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,8 @@ def test_serve_writes_one_line_per_request_and_stops_on_ctrl_c(bundle):
                              "--port", "0"], stderr=subprocess.PIPE, text=True,
                             # a pytest-xdist worker ignores SIGINT, and a child would inherit that
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    watchdog = threading.Timer(300, proc.kill)  # a line that never comes must not hang the suite
+    watchdog.start()
     try:
         first = proc.stderr.readline()
         url = re.search(r"http://[\d.]+:\d+/v1", first).group(0)
@@ -102,10 +105,14 @@ def test_serve_writes_one_line_per_request_and_stops_on_ctrl_c(bundle):
         request = urllib.request.Request(url + "/completions", json.dumps({"prompt": "Secret words", "max_tokens": 2})
                                          .encode(), {"Content-Type": "application/json"})
         assert json.loads(urllib.request.urlopen(request, timeout=60).read())["object"] == "text_completion"
+        # the handler logs once the response is sent: the client can have it a moment before the
+        # line is written, so Ctrl-C waits for the line (CI once interrupted in between)
+        logged = proc.stderr.readline()
         proc.send_signal(signal.SIGINT)
         rest = proc.communicate(timeout=60)[1]
     finally:
+        watchdog.cancel()
         proc.kill()
-    lines = [first] + rest.splitlines()
+    lines = [first, logged] + rest.splitlines()
     assert proc.returncode == 130 and foreign_lines("\n".join(lines)) == [], lines
     assert any("POST /v1/completions 200" in line for line in lines) and "Secret" not in rest
