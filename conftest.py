@@ -109,6 +109,7 @@ def checkpoint(shared, tokenizer_json) -> Callable[[str], Path]:
         "gemma3n_multimodal": checkpoints.make_gemma3n_multimodal,
         "gemma3n_causal": checkpoints.make_gemma3n_causal,
         "gemma3": checkpoints.make_gemma3,
+        checkpoints.E4B_LIKE: checkpoints.make_gemma3n_e4b_like,
     }
     return lambda name: shared(f"ckpt-{name}", lambda folder: makers[name](folder, tokenizer_json))
 
@@ -158,6 +159,14 @@ def bundle_270m(shared, gguf_270m, kept_lowerings) -> Callable[[str, str], Path]
         return shared(f"270m-{fmt}-{twin}", lambda out: export(str(gguf_270m), out, opts, log=lambda m: None))
 
     return get
+
+
+@pytest.fixture(scope="session")
+def transformers_270m(shared, gguf_270m) -> Path:
+    """transformers' reference runs of the 270M (tests/reference_270m.py), one GGUF load per test run."""
+    import reference_270m
+
+    return shared("270m-transformers", lambda folder: reference_270m.compute(gguf_270m, folder))
 
 
 @functools.cache

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edgepack import bundle, plan
 from edgepack.tflite_table import lookup_table
-from edgepack.converters import lowered, quant_plan, recipes, row_tables, sources
+from edgepack.converters import lowered, matformer, quant_plan, recipes, row_tables, sources
 from edgepack.converters.decoder import load_weights
 from edgepack.converters.planner import ExportPlan, plan_export
 from edgepack.converters.progress import Stages
@@ -35,12 +35,14 @@ class ExportOptions:
     force: bool = False
     verbose: bool = False  # show the converters' own output instead of logging it
     keep_lowered: Path | None = None  # a folder keeping float TFLite lowerings for other recipes (lowered.py)
+    matformer: str | None = None  # Gemma 3n: a MatFormer slice (name or .json) cut while reading (matformer.py)
 
 
 def export(source: str | Path, out: str | Path, opts: ExportOptions, log=print) -> Path:
     if opts.format not in plan.FORMATS:
         raise EdgepackError(f"unknown format {opts.format!r}; choose from {', '.join(plan.FORMATS)}")
     recipe = recipes.load(opts.quant)
+    mat_slice = matformer.load_slice(opts.matformer) if opts.matformer else None
     out = Path(out).expanduser()
     bundle.check_replaceable(out, opts.force, source=Path(source).expanduser())  # before any reading
     keep = None if opts.keep_lowered is None else Path(opts.keep_lowered).expanduser()
@@ -50,6 +52,12 @@ def export(source: str | Path, out: str | Path, opts: ExportOptions, log=print) 
     src = sources.open_source(source)
     said = src.kind.lower() in src.architecture.lower()  # "Gemma3ForCausalLM (GGUF)" names its kind already
     log(f"source: {src.architecture}{'' if said else f' ({src.kind})'} from {src.path}")
+    name = src.path.name
+    if mat_slice is not None:
+        src = matformer.slice_source(src, mat_slice)
+        name = f"{src.path.name} (MatFormer {mat_slice.name})"
+        log(f"slicing: MatFormer {mat_slice.name} while reading: {src.config['num_hidden_layers']} layers, FFN widths "
+            f"{min(mat_slice.ffn_hidden_dims)}-{max(mat_slice.ffn_hidden_dims)}")
     if src.skipped:
         log(f"notice: skipping non-text components for now: {', '.join(src.skipped)}")
     context = opts.max_context or min(DEFAULT_CONTEXT, int(src.config.get("max_position_embeddings", DEFAULT_CONTEXT)))
@@ -81,7 +89,7 @@ def export(source: str | Path, out: str | Path, opts: ExportOptions, log=print) 
         bundle.write_manifest(stage, plan.BundlePlan(
             created_by="edgepack 0.1.0",
             runtime_format=opts.format,
-            model=plan.Model(p.family.name, src.architecture, src.path.name, dataclasses.asdict(p.config)),
+            model=plan.Model(p.family.name, src.architecture, name, dataclasses.asdict(p.config)),
             max_context=p.max_context,
             graph=dataclasses.replace(p.graph, sections=written.get("sections")),
             precision=plan.Precision("quantized" if p.quantized else "fp32", recipe.name,

@@ -47,14 +47,14 @@ def _text_decoder_of_multimodal(p: Path, cfg: dict, dtype: torch.dtype):
     return model.eval()
 
 
-def all_position_logits(source: str | Path, ids: list[int]) -> np.ndarray:
-    """Logits for every position of `ids` in one forward pass, [T, V]."""
-    model = load_transformers(source)
+def all_position_logits(source: str | Path, ids: list[int], model=None) -> np.ndarray:
+    """Logits for every position of `ids` in one forward pass, [T, V] (`model`: already loaded)."""
+    model = model or load_transformers(source)
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].float().numpy()
 
 
-def perplexity(source: str | Path, text: str, tokens: int = 2048) -> float:
+def perplexity(source: str | Path, text: str, tokens: int = 2048, model=None) -> float:
     """transformers' fp32 perplexity on `<bos>` + the text's first tokens-1 tokens, scored with the
     tokenizer edgepack writes into bundles (the one `edgepack eval` uses)."""
     from tokenizers import Tokenizer
@@ -64,7 +64,7 @@ def perplexity(source: str | Path, text: str, tokens: int = 2048) -> float:
     src = sources.open_source(str(source))
     tok = Tokenizer.from_str(src.tokenizer_json)
     ids = [src.bos_id] + tok.encode(text, add_special_tokens=False).ids[: tokens - 1]
-    logits = all_position_logits(source, ids[:-1])  # [T, 262144] float32: 2.1 GB at 2,048 tokens
+    logits = all_position_logits(source, ids[:-1], model)  # [T, 262144] float32: 2.1 GB at 2,048 tokens
     nll = 0.0
     for i in range(0, len(logits), 128):  # log_softmax works in float64: whole, it would take 4x that
         lp = torch.log_softmax(torch.from_numpy(logits[i:i + 128]).double(), -1).numpy()

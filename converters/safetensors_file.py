@@ -114,3 +114,59 @@ class SafetensorsFile:
             if n == 0:
                 raise EdgepackError(f"{self.path}: file ended inside tensor {name}")
             view, offset = view[n:], offset + n
+
+
+SHARD_BYTES = 4 * 2**30  # transformers' own default shard size
+
+
+def encode(x: np.ndarray, dtype: str) -> bytes:
+    """float32 values as `dtype` bytes (BF16 rounded to nearest even; exact for values read from BF16)."""
+    if dtype == "BF16":
+        bits = x.astype(np.float32).view(np.uint32)
+        return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16).tobytes()
+    if dtype not in _ITEMSIZE:
+        raise EdgepackError(f"edgepack writes {', '.join(_ITEMSIZE)} tensors, not {dtype}")
+    return x.astype(np.float16 if dtype == "F16" else np.float32).tobytes()
+
+
+def write_shards(folder: Path, tensors: dict[str, tuple[str, tuple[int, ...]]], chunks, on_values=None) -> None:
+    """A Hugging Face checkpoint's weights: `model-0000K-of-0000N.safetensors` shards of at most
+    SHARD_BYTES and `model.safetensors.index.json`. `tensors` maps a name to (dtype, shape);
+    `chunks(name)` yields its float32 values in order, a block at a time (any shape), so a
+    tensor is never whole in memory. `on_values(n)` is told each block's size (progress)."""
+    groups, current, size = [], [], 0
+    for name, (dtype, shape) in tensors.items():
+        nbytes = _ITEMSIZE[dtype] * math.prod(shape)
+        if current and size + nbytes > SHARD_BYTES:
+            groups.append(current)
+            current, size = [], 0
+        current.append(name)
+        size += nbytes
+    groups.append(current)
+    weight_map, total = {}, 0
+    for k, names in enumerate(groups, 1):
+        fname = f"model-{k:05d}-of-{len(groups):05d}.safetensors"
+        header, offset = {"__metadata__": {"format": "pt"}}, 0
+        for name in names:
+            dtype, shape = tensors[name]
+            nbytes = _ITEMSIZE[dtype] * math.prod(shape)
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+            weight_map[name] = fname
+        total += offset
+        head = json.dumps(header, separators=(",", ":")).encode()
+        head += b" " * (-len(head) % 8)  # the format pads the header to 8 bytes
+        with open(folder / fname, "wb") as f:
+            f.write(len(head).to_bytes(8, "little") + head)
+            for name in names:
+                dtype, shape = tensors[name]
+                written = 0
+                for block in chunks(name):
+                    f.write(encode(block, dtype))
+                    written += block.size
+                    if on_values:
+                        on_values(block.size)
+                if written != math.prod(shape):
+                    raise EdgepackError(f"{name}: {written} values written for shape {list(shape)}")
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from edgepack.converters.safetensors_file import write_shards
 from edgepack.errors import EdgepackError
 
-SHARD_BYTES = 4 * 2**30
 CHUNK = 1 << 24  # values generated at a time
 
 _GEMMA3N_COMMON = dict(hidden_size=2048, num_attention_heads=8, num_key_value_heads=2, head_dim=256,
@@ -92,23 +91,6 @@ def _fill(name: str, shape: tuple[int, ...], family: str) -> float | None:
     return 0.0  # biases and other vectors
 
 
-def _bf16_bytes(x: np.ndarray) -> bytes:
-    bits = x.astype(np.float32).view(np.uint32)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16).tobytes()  # round to nearest even
-
-
-def _shards(shapes: dict[str, tuple[int, ...]]) -> list[list[str]]:
-    shards, current, size = [], [], 0
-    for name, shape in shapes.items():
-        nbytes = 2 * math.prod(shape)
-        if current and size + nbytes > SHARD_BYTES:
-            shards.append(current)
-            current, size = [], 0
-        current.append(name)
-        size += nbytes
-    return shards + [current]
-
-
 def synth(preset: str, out: Path, seed: int = 0, towers: bool = True, force: bool = False, log=print) -> Path:
     from edgepack.bundle import staging
     from edgepack.converters.builtin import gemma_tokenizer_json
@@ -118,33 +100,18 @@ def synth(preset: str, out: Path, seed: int = 0, towers: bool = True, force: boo
     total = sum(math.prod(s) for s in shapes.values())
     log(f"{preset}: {len(shapes)} tensors, {total / 1e9:.3f}B parameters, {2 * total / 2**30:.1f} GiB bf16")
     rng = np.random.default_rng(seed)
-    groups = _shards(shapes)
-    weight_map = {}
+
+    def values(name: str):
+        shape = shapes[name]
+        n, const = math.prod(shape), _fill(name, shape, family)
+        std = 1.0 / math.sqrt(math.prod(shape[1:]) or 1)
+        for start in range(0, n, CHUNK):
+            m = min(CHUNK, n - start)
+            yield np.full(m, const, np.float32) if const is not None else rng.standard_normal(m, np.float32) * std
+
     with staging(Path(out), force, complete_when="config.json") as stage, \
             tqdm(total=total, unit="param", unit_scale=True, desc="writing", disable=None) as bar:  # a terminal only
-        for k, names in enumerate(groups, 1):
-            fname = f"model-{k:05d}-of-{len(groups):05d}.safetensors"
-            header, offset = {"__metadata__": {"format": "pt"}}, 0
-            for name in names:
-                nbytes = 2 * math.prod(shapes[name])
-                header[name] = {"dtype": "BF16", "shape": list(shapes[name]), "data_offsets": [offset, offset + nbytes]}
-                offset += nbytes
-                weight_map[name] = fname
-            head = json.dumps(header, separators=(",", ":")).encode()
-            head += b" " * (-len(head) % 8)  # the format pads the header to 8 bytes
-            with open(stage / fname, "wb") as f:
-                f.write(struct.pack("<Q", len(head)) + head)
-                for name in names:
-                    shape = shapes[name]
-                    n, const = math.prod(shape), _fill(name, shape, family)
-                    std = 1.0 / math.sqrt(math.prod(shape[1:]) or 1)
-                    for start in range(0, n, CHUNK):
-                        m = min(CHUNK, n - start)
-                        x = np.full(m, const, np.float32) if const is not None else rng.standard_normal(m, np.float32) * std
-                        f.write(_bf16_bytes(x))
-                        bar.update(m)
-        (stage / "model.safetensors.index.json").write_text(json.dumps(
-            {"metadata": {"total_size": 2 * total}, "weight_map": weight_map}, indent=2))
+        write_shards(stage, {name: ("BF16", shape) for name, shape in shapes.items()}, values, bar.update)
         (stage / "tokenizer.json").write_text(gemma_tokenizer_json(config.get("text_config", config)["vocab_size"]))
         (stage / "config.json").write_text(json.dumps(config, indent=2))  # last: marks the checkpoint complete
     return Path(out)

@@ -15,6 +15,13 @@ from edgepack import system
 from edgepack.errors import EdgepackError
 
 QUANT_METAVAR = "none|int8|int4|int4-head4|RECIPE.json"
+MATFORMER_METAVAR = "E2B|E2.98B|...|SLICE.json"
+
+
+def _matformer_sizes() -> list[tuple[str, float]]:
+    from edgepack.converters.matformer import EFFECTIVE_B
+
+    return list(EFFECTIVE_B.items())
 
 EPILOG = """examples:
   edgepack export gemma-3-270m --format litertlm -o bundles/gemma-3-270m
@@ -25,6 +32,7 @@ EPILOG = """examples:
   edgepack run bundles/gemma-3-270m --prompt "Hi" --trusted-key ~/.config/edgepack/key.pub
   edgepack eval bundles/gemma-3-270m --text /usr/share/common-licenses/GPL-3 --reference gemma-3-270m
   edgepack profile --preset gemma-3n-E2B --quant int4 --context 4096 --device pi5-8gb
+  edgepack profile --preset gemma-3n-E4B --quant int4 --matformer all --device android-6gb
   edgepack serve bundles/gemma-3-270m --port 8080
 
 environment:
@@ -41,8 +49,16 @@ def _export(a) -> None:
 
     export(resolve(a.source), a.output, ExportOptions(
         format=a.format, quant=a.quant, max_context=a.max_context, prefill_len=a.prefill_len, force=a.force,
-        verbose=a.verbose, keep_lowered=a.keep_lowered,
+        verbose=a.verbose, keep_lowered=a.keep_lowered, matformer=a.matformer,
     ), log=lambda m: print(m, file=sys.stderr))
+
+
+def _slice(a) -> None:
+    from edgepack.converters.builtin import resolve
+    from edgepack.converters.matformer import write_slice
+
+    write_slice(resolve(a.checkpoint), a.config, a.output, force=a.force, log=lambda m: print(m, file=sys.stderr))
+    print(f"wrote {a.output}", file=sys.stderr)
 
 
 def _synth(a) -> None:
@@ -142,16 +158,20 @@ def _profile(a) -> None:
         raise EdgepackError(f"--context must be from 2 to {MAX_EXPORT_CONTEXT:,}, got {a.context}")
     if a.prompt_tokens < 1 or a.tokens < 1 or a.prefill_len < 1:
         raise EdgepackError("--prompt-tokens, --tokens and --prefill-len must be >= 1")
-    r = profile(a.target, a.preset, a.quant, a.format, a.context, a.prefill_len, a.device, run=not a.no_run,
-                prompt_tokens=a.prompt_tokens, new_tokens=a.tokens)
+    if a.matformer == "all":
+        from edgepack.slices import format_table, slices_table
+
+        r = slices_table(a.target, a.preset, a.quant, a.format, a.context, a.prefill_len, a.device, a.bandwidth)
+        text = format_table(r)
+    else:
+        r = profile(a.target, a.preset, a.quant, a.format, a.context, a.prefill_len, a.device, run=not a.no_run,
+                    prompt_tokens=a.prompt_tokens, new_tokens=a.tokens, matformer=a.matformer)
+        text = format_text(r)
     if a.html:
         from edgepack.report import write_html
 
         print(f"wrote {write_html(r, a.html)}", file=sys.stderr)
-    if a.json:
-        print(json.dumps(r, indent=2))
-    else:
-        print(format_text(r))
+    print(json.dumps(r, indent=2) if a.json else text)
 
 
 def _inspect(a) -> None:
@@ -241,6 +261,9 @@ def parser() -> argparse.ArgumentParser:
                    help="keep the float TFLite lowering in DIR and start from it when the same model is exported "
                         "again at the same context with another recipe (.litertlm of Gemma 3: saves the 270M's "
                         "80-odd seconds per recipe; 1.1 GB per model and context)")
+    e.add_argument("--matformer", metavar=MATFORMER_METAVAR,
+                   help="Gemma 3n E4B: export a MatFormer slice, cut while reading (no sliced checkpoint "
+                        "written); see `edgepack slice --help` for the names")
     e.add_argument("--force", action="store_true",
                    help="replace OUTPUT if it is an edgepack bundle (never a folder holding anything else)")
     e.add_argument("--verbose", action="store_true",
@@ -258,6 +281,23 @@ def parser() -> argparse.ArgumentParser:
     y.add_argument("--no-towers", action="store_true", help="Gemma 3n: leave out the audio tower and embedders")
     y.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     y.set_defaults(func=_synth)
+
+    c = sub.add_parser("slice", help="cut a MatFormer slice (E2B ... E3.79B) out of a Gemma 3n E4B checkpoint",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Writes the slice as a Hugging Face checkpoint folder that transformers loads: "
+                                   "skipped layers dropped and the rest renumbered, each layer's FFN cut to its "
+                                   "width, the per-layer embeddings cut to the kept layers, the config updated "
+                                   "(MatFormer Lab's rules). Streams tensor by tensor; dtypes kept.",
+                       epilog="published configurations (Google's Mix-n-Match table, effective parameters):\n  "
+                              + "\n  ".join(f"{n:<13} {b:.2f}B" for n, b in _matformer_sizes())
+                              + '\n\nyour own: a .json file {"layers_to_skip": [20, 21], "ffn_hidden_dims": [8192, ...]}'
+                              "\n(one width per kept layer)\n\nexample:\n  edgepack slice ~/models/gemma-3n-E4B-it "
+                              "--config E2.98B -o ~/models/gemma-3n-E2.98B")
+    c.add_argument("checkpoint", help="Gemma 3n checkpoint folder (config.json + *.safetensors)")
+    c.add_argument("--config", required=True, metavar=MATFORMER_METAVAR, help="a published name or a .json file")
+    c.add_argument("-o", "--output", required=True, help="checkpoint folder to write (written atomically)")
+    c.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    c.set_defaults(func=_slice)
 
     r = sub.add_parser("run", parents=[bundle_arg, threads_arg], help="generate text from a bundle",
                        description="Generate a completion, streamed to stdout. Plain-text prompts by default "
@@ -345,6 +385,12 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--tokens", type=int, default=256, help="measured run: generated tokens (default: 256)")
     f.add_argument("--no-run", action="store_true", help="bundles: predict only, don't run")
     f.add_argument("--html", help="write a self-contained HTML report with charts here")
+    f.add_argument("--matformer", metavar=MATFORMER_METAVAR + "|all",
+                   help="Gemma 3n E4B: plan a MatFormer slice (names: `edgepack slice --help`); 'all' tabulates "
+                        "every published slice: peak, bundle size, decode limit, and the largest that fits --device")
+    f.add_argument("--bandwidth", type=float, metavar="GB/S",
+                   help="--matformer all: the device's memory read bandwidth for the decode limit (default: "
+                        "this machine's, measured)")
     f.set_defaults(func=_profile)
 
     sv = sub.add_parser("serve", parents=[bundle_arg, threads_arg], help="an OpenAI-compatible HTTP server",

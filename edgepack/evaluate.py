@@ -25,6 +25,14 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
+def token_nll(x: np.ndarray, token: int) -> float:
+    """-log softmax(x)[token] without the whole log-softmax: the log-sum-exp in float32 around the
+    maximum (every term in (0, 1], summed pairwise by numpy: relative error ~1e-7, far below what
+    a perplexity is read to), the rest in float64. A 262k vocabulary: ~1 ms instead of ~9."""
+    m = float(x.max())
+    return m + float(np.log(np.exp(x - np.float32(m), dtype=np.float32).sum(dtype=np.float64))) - float(x[token])
+
+
 @dataclasses.dataclass
 class EvalResult:
     tokens: int  # positions scored
@@ -88,10 +96,11 @@ def evaluate(bundle: str | Path, text: str, tokens: int = 2048, reference: str |
     nll = ref_nll = kl = 0.0
     agree = 0
     for i in tqdm(range(n), desc="scoring", unit="tok", leave=False, disable=None):  # None: a terminal only
+        if reference is None:
+            nll += token_nll(ours(i), ids[i + 1])
+            continue
         lp = log_softmax(ours(i))
         nll -= lp[ids[i + 1]]
-        if reference is None:
-            continue
         rlp = log_softmax(ref_step(i) if ref_step else ref_all[i])
         ref_nll -= rlp[ids[i + 1]]
         kl += float(np.sum(np.exp(rlp) * (rlp - lp)))

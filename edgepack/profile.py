@@ -42,7 +42,15 @@ def plan_from_layout(family, config: dict, recipe_spec: str, fmt: str, context: 
     (converters/models/family.py) with this text config: the exporter's own plan
     (converters/planner.py). Returns it with the planned bytes per component (what `inspect`
     would show)."""
-    from edgepack.converters import quant_plan, recipes
+    from edgepack.converters import quant_plan
+
+    p, fp = _planned(family, config, recipe_spec, fmt, context, prefill_len, engine, storage, tokenizer_bytes)
+    return fp, quant_plan.summary(list(p.tensors.values()))
+
+
+def _planned(family, config, recipe_spec, fmt, context, prefill_len, engine, storage=lambda name: "BF16",
+             tokenizer_bytes: int = GEMMA_TOKENIZER_BYTES):
+    from edgepack.converters import recipes
     from edgepack.converters.planner import plan_export
 
     p = plan_export(family, config, recipes.load(recipe_spec), fmt, context, prefill_len, storage)
@@ -50,7 +58,7 @@ def plan_from_layout(family, config: dict, recipe_spec: str, fmt: str, context: 
                   row_stores={name: p.store_layout(name) for name in p.tables}, kv_bytes=p.graph.cache_bytes,
                   config=dataclasses.asdict(p.config), prefill_lengths=p.graph.prefill_lengths,
                   vocab_size=p.graph.vocab_size, context=context, tokenizer_bytes=tokenizer_bytes)
-    return fp, quant_plan.summary(list(p.tensors.values()))
+    return p, fp
 
 
 def _needs_convert(what: str):
@@ -64,22 +72,53 @@ def _needs_convert(what: str):
     return families, synth
 
 
-def plan_from_preset(name: str, recipe: str, fmt: str, context: int, prefill_len: int, engine: str):
-    families, synth = _needs_convert("--preset")
-    config, _ = synth.layout(name, towers=False)
-    family = families.get(synth.PRESETS[name][0])
-    text = config.get("text_config", config)
-    return plan_from_layout(family, text, recipe, fmt, context, prefill_len, engine)
+@dataclasses.dataclass
+class Layout:
+    """What planning needs of a model, from a preset's layout or a checkpoint's headers."""
+    family: object  # converters/models/family.py's Family
+    config: dict  # the text decoder's HF config
+    shapes: dict  # text decoder tensors, "model...." names
+    storage: object = lambda name: "BF16"
+    tokenizer_bytes: int = GEMMA_TOKENIZER_BYTES
 
 
-def plan_from_checkpoint(path: str, recipe: str, fmt: str, context: int, prefill_len: int, engine: str):
-    _needs_convert("profiling a checkpoint")
+def layout_of(target: str | None, preset: str | None) -> Layout:
+    families, synth = _needs_convert("--preset" if preset else "profiling a checkpoint")
+    if preset:
+        config, shapes = synth.layout(preset, towers=False)
+        text = {"model." + k.split(".", 2)[2] if k.startswith("model.language_model.") else k: v
+                for k, v in shapes.items()}
+        return Layout(families.get(synth.PRESETS[preset][0]), config.get("text_config", config), text)
     from edgepack.converters.builtin import resolve
     from edgepack.converters.sources import open_source
 
-    src = open_source(resolve(path))
-    return plan_from_layout(src.family, src.config, recipe, fmt, context, prefill_len, engine,
-                            storage=src.storage, tokenizer_bytes=len(src.tokenizer_json.encode()))
+    src = open_source(resolve(target))
+    return Layout(src.family, src.config, src.shapes, src.storage, len(src.tokenizer_json.encode()))
+
+
+def plan_from_preset(name: str, recipe: str, fmt: str, context: int, prefill_len: int, engine: str,
+                     matformer: str | None = None):
+    m = layout_of(None, name)
+    return plan_from_layout(m.family, sliced(m.family, m.config, matformer), recipe, fmt, context, prefill_len,
+                            engine, m.storage, m.tokenizer_bytes)
+
+
+def plan_from_checkpoint(path: str, recipe: str, fmt: str, context: int, prefill_len: int, engine: str,
+                         matformer: str | None = None):
+    m = layout_of(path, None)
+    return plan_from_layout(m.family, sliced(m.family, m.config, matformer), recipe, fmt, context, prefill_len,
+                            engine, m.storage, m.tokenizer_bytes)
+
+
+def sliced(family, config: dict, spec: str | None) -> dict:
+    """The text config of a MatFormer slice (`--matformer`), or the config itself."""
+    if spec is None:
+        return config
+    from edgepack.converters import matformer
+
+    if family.name != "gemma3n":
+        raise EdgepackError(f"--matformer slices Gemma 3n (E4B) models, not {family.name}")
+    return matformer.sliced_config(config, matformer.load_slice(spec))
 
 
 # --- measured ---------------------------------------------------------------------------------
@@ -170,18 +209,21 @@ def sample_memory(pid: int, files: dict[str, str]) -> dict | None:
 
 def profile(target: str | None, preset: str | None = None, recipe: str = "none", fmt: str = "litertlm",
             context: int = 4096, prefill_len: int = 128, device: str | None = None, run: bool = True,
-            prompt_tokens: int = 512, new_tokens: int = 256) -> dict:
+            prompt_tokens: int = 512, new_tokens: int = 256, matformer: str | None = None) -> dict:
     budget = device_budget(device) if device else None
     report: dict = {"device": device, "budget": budget}
     if preset or not (Path(target).expanduser() / "manifest.json").exists():
         engine = device_engine(fmt, device)
         if preset:
-            fp, comps = plan_from_preset(preset, recipe, fmt, context, prefill_len, engine)
+            fp, comps = plan_from_preset(preset, recipe, fmt, context, prefill_len, engine, matformer)
         else:
-            fp, comps = plan_from_checkpoint(target, recipe, fmt, context, prefill_len, engine)
-        report |= {"subject": preset or target, "kind": "plan", "format": fmt, "recipe": recipe,
-                   "context": context, "components": comps}
+            fp, comps = plan_from_checkpoint(target, recipe, fmt, context, prefill_len, engine, matformer)
+        subject = preset or target
+        report |= {"subject": f"{subject} (MatFormer {matformer})" if matformer else subject, "kind": "plan",
+                   "format": fmt, "recipe": recipe, "context": context, "components": comps}
     else:
+        if matformer:
+            raise EdgepackError("--matformer applies to a checkpoint or a preset; a bundle is already exported")
         b = Bundle(target)
         fp = predict(b, device_engine(b.format, device) if device else None)
         report |= {"subject": str(b.path), "kind": "bundle", "format": b.format, "context": b.max_context,

@@ -34,6 +34,8 @@ def charts(r: dict) -> dict[str, bytes]:
         import matplotlib.pyplot as plt
     except ImportError:
         raise EdgepackError("the HTML report needs matplotlib: pip install 'edgepack[report]'") from None
+    if r.get("kind") == "matformer":
+        return {"matformer slices": _png(slices_chart(plt, r))}
     out = {}
     parts = r["predicted"]["parts"]
     fig, ax = plt.subplots(figsize=(8, 2.8))
@@ -73,13 +75,50 @@ def charts(r: dict) -> dict[str, bytes]:
     return out
 
 
+LINES = ("pi5-4gb", "pi5-8gb", "android-6gb", "android-8gb")  # budgets drawn on the slices chart
+
+
+def slices_chart(plt, r: dict):
+    """Predicted peak memory and the decode limit of each MatFormer slice against its effective
+    parameters, with the budgets of common boards and phones."""
+    from edgepack.footprint import device_budget
+
+    rows = sorted((row for row in r["rows"] if "error" not in row), key=lambda row: row["effective_params"])
+    x = [row["effective_params"] / 1e9 for row in rows]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot(x, [row["peak"] / MiB for row in rows], "o-", label="predicted peak memory")
+    for row, xi in zip(rows, x):
+        ax.annotate(row["name"], (xi, row["peak"] / MiB), fontsize=6, rotation=45)
+    for name in dict.fromkeys((*LINES, *([r["device"]] if r.get("device") else []))):
+        ax.axhline(device_budget(name) / MiB, linestyle="--", linewidth=1, color="red" if name == r.get("device")
+                   else "0.6")
+        ax.annotate(f"{name} budget", (x[0], device_budget(name) / MiB), fontsize=7, va="bottom")
+    ax.set_xlabel("effective parameters (billions)")
+    ax.set_ylabel("MiB")
+    speed = ax.twinx()
+    speed.plot(x, [row["decode_tok_s_limit"] for row in rows], "s:", color="tab:green", label="decode limit")
+    speed.set_ylabel(f"tok/s at {r['bandwidth_gb_s']:.1f} GB/s", color="tab:green")
+    ax.set_title(f"{r['subject']}: MatFormer slices ({r['recipe']}, context {r['context']:,})")
+    handles = ax.get_legend_handles_labels()[0] + speed.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="center right", fontsize=8)
+    return fig
+
+
+def _text(r: dict) -> str:
+    if r.get("kind") == "matformer":
+        from edgepack.slices import format_table
+
+        return format_table(r)
+    return format_text(r)
+
+
 def write_html(r: dict, path: Path) -> Path:
     images = "".join(f'<h2>{name}</h2><img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
                      for name, png in charts(r).items())
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>edgepack profile: "
             f"{html.escape(r['subject'])}</title><style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}"
             f"pre{{background:#f4f4f4;padding:1em}}</style></head><body><h1>edgepack profile</h1>"
-            f"<pre>{html.escape(format_text(r))}</pre>{images}</body></html>\n")
+            f"<pre>{html.escape(_text(r))}</pre>{images}</body></html>\n")
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text(page)

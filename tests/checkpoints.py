@@ -23,6 +23,7 @@ from edgepack.converters.builtin import extend_vocab
 TINY_CONTEXT = 64  # cache length of the tiny bundles
 TINY_PREFILL = 8  # short prefill graph, so prompts longer than it go in chunks
 MODELS = ("gemma3n_multimodal", "gemma3n_causal", "gemma3")
+E4B_LIKE = "gemma3n_e4b_like"  # MatFormer slicing (test_matformer.py)
 
 SLIDING = "sliding_attention"
 FULL = "full_attention"
@@ -72,11 +73,11 @@ GEMMA_CHAT_TEMPLATE = (
 )
 
 
-def make_gemma3n_multimodal(folder: Path, tokenizer_json: str, seed: int = 1) -> Path:
+def make_gemma3n_multimodal(folder: Path, tokenizer_json: str, seed: int = 1, text=None) -> Path:
     from transformers import Gemma3nAudioConfig, Gemma3nConfig, Gemma3nForCausalLM, Gemma3nVisionConfig
     from transformers.models.gemma3n.modeling_gemma3n import Gemma3nAudioEncoder, Gemma3nMultimodalEmbedder
 
-    text = gemma3n_text_config()
+    text = text or gemma3n_text_config()
     lm = Gemma3nForCausalLM(text)
     randomize(lm, seed)
     tensors = {f"model.language_model.{k[len('model.'):]}": v for k, v in lm.state_dict().items()
@@ -92,6 +93,20 @@ def make_gemma3n_multimodal(folder: Path, tokenizer_json: str, seed: int = 1) ->
                         vision_config=vision_cfg.to_dict()).to_dict()
     cfg["architectures"] = ["Gemma3nForConditionalGeneration"]
     return _save(folder, tensors, cfg, extend_vocab(tokenizer_json, 262_400), GEMMA_CHAT_TEMPLATE)
+
+
+def make_gemma3n_e4b_like(folder: Path, tokenizer_json: str, seed: int = 4) -> Path:
+    """E4B in small: 6 layers alternating sliding and global, the last 2 sharing the K/V of layers
+    2 and 3 (E4B: 35 layers in blocks of 4 sliding + 1 global, the last 15 sharing 18's and 19's),
+    every FFN 64 wide with 32 nested in it (E4B: 16,384 and 8,192), activation sparsity on the
+    first 2 (E4B: 10), the multimodal layout with its audio tower."""
+    n = 6
+    text = gemma3n_text_config(
+        hidden_size=32, hidden_size_per_layer_input=8, intermediate_size=[64] * n, num_hidden_layers=n,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=6, num_kv_shared_layers=2,
+        activation_sparsity_pattern=[0.95] * 2 + [0.0] * (n - 2), laurel_rank=4,
+        layer_types=[SLIDING, FULL] * (n // 2))
+    return make_gemma3n_multimodal(folder, tokenizer_json, seed, text)
 
 
 def make_gemma3n_causal(folder: Path, tokenizer_json: str, seed: int = 2) -> Path:

@@ -17,7 +17,7 @@ import pytest
 
 GPL3 = "/usr/share/common-licenses/GPL-3"
 # What edgepack itself writes on stderr: its prefixed lines, export's stages and table, bench's steps.
-OWN = re.compile(r"edgepack[: (]|source: |notice: |(reading weights|lowering|quantizing|packaging|writing)\b"
+OWN = re.compile(r"edgepack[: (]|source: |notice: |slicing: |(reading weights|lowering|quantizing|packaging|writing)\b"
                  r"|quantization:$|  \S|wrote |read bandwidth \.\.\.$|first load: "
                  r"|\S+: \d+ tensors, [\d.]+B parameters")  # synth's summary
 

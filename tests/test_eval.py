@@ -30,6 +30,10 @@ def test_eval_matches_transformers_perplexity(bundle, checkpoint, capsys):
     assert abs(got["reference_perplexity"] - want) / want < 1e-9
     assert abs(got["perplexity"] - want) / want < 1e-4
     assert got["top1_agreement"] == 1.0 and got["mean_kl"] < 1e-6
+    # Without a reference only each token's log-probability is computed (evaluate.token_nll)
+    assert main(["eval", str(folder), "--text", str(GPL3), "--tokens", str(TINY_CONTEXT), "--json"]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert abs(alone["perplexity"] - got["perplexity"]) / got["perplexity"] < 1e-6
 
 
 def test_eval_bundle_against_bundle(bundle, capsys):

@@ -3,36 +3,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-import torch
 
-from edgepack.converters.builtin import gemma_gguf
-
-PROMPT = "The capital of France is"
-NEW_TOKENS = 16
+from reference_270m import NEW_TOKENS, PROMPT
 
 
 @pytest.fixture(scope="module")
-def reference_270m(shared):
-    """transformers' greedy run, once per test run (the xdist workers share it: loading the GGUF
-    takes a minute): the prompt's ids, the new tokens, and each step's logits."""
-    def generate(folder: Path) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        path = gemma_gguf()
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-        ids = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)(PROMPT).input_ids
-        with torch.no_grad():
-            out = model.eval().generate(torch.tensor([ids]), max_new_tokens=NEW_TOKENS, do_sample=False,
-                                        output_logits=True, return_dict_in_generate=True)
-        folder.mkdir()
-        np.savez(folder / "reference.npz", ids=np.array(ids), tokens=out.sequences[0, len(ids):].numpy(),
-                 logits=np.stack([step[0].numpy() for step in out.logits]))
-
-    ref = np.load(shared("270m-greedy-reference", generate) / "reference.npz", allow_pickle=False)
+def reference_270m(transformers_270m):
+    """transformers' greedy run: the prompt's ids, the new tokens, and each step's logits."""
+    ref = np.load(transformers_270m / "greedy.npz", allow_pickle=False)
     return ref["ids"].tolist(), ref["tokens"].tolist(), list(ref["logits"])
 
 

@@ -20,7 +20,7 @@ BASE = {"edgepack", "edgepack.errors", "edgepack.contract", "edgepack.bundle", "
         "edgepack.footprint", "edgepack.plan", "edgepack.manifest", "edgepack.tflite_table"}
 TOOLS = {"edgepack.cli", "edgepack.profile", "edgepack.bench", "edgepack.evaluate", "edgepack.inspect",
          "edgepack.report", "edgepack.peers", "edgepack.serve", "edgepack.serve_http", "edgepack.serve_metrics",
-         "edgepack.openai_api"}
+         "edgepack.openai_api", "edgepack.slices"}
 MAY_IMPORT = {"base": {"base"}, "converters": {"base", "converters"}, "runtime": {"base", "runtime"},
               "tools": {"base", "converters", "runtime", "tools"}}
 

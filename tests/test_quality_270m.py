@@ -19,25 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from edgepack.converters.builtin import gemma_gguf
+from reference_270m import GPL3, TOKENS
 
-GPL3 = Path("/usr/share/common-licenses/GPL-3")
-TOKENS = 2048
 DYNAMIC_RANGE = ("LiteRT runs quantized weights as dynamic-range ops (int8 activations per token): "
                  "about +2% perplexity on its own; see the module docstring")
 SYMMETRIC_INT4 = DYNAMIC_RANGE + "; and TFLite int4 is symmetric, so Q4_K blocks are rounded again"
 
 
 @pytest.fixture(scope="module")
-def fp32_perplexity(shared) -> float:
-    """transformers' fp32 run, once per test run (shared by the xdist workers: it takes minutes)."""
-    from edgepack.converters.reference import perplexity
-
-    def measure(folder: Path) -> None:
-        folder.mkdir()
-        (folder / "value.json").write_text(json.dumps(perplexity(gemma_gguf(), GPL3.read_text(), TOKENS)))
-
-    return json.loads((shared("fp32-perplexity-270m", measure) / "value.json").read_text())
+def fp32_perplexity(transformers_270m) -> float:
+    """transformers' fp32 run (shared by the xdist workers: it takes minutes)."""
+    return json.loads((transformers_270m / "perplexity.json").read_text())
 
 
 @pytest.mark.parametrize("fmt,quant,limit", [
