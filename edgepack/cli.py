@@ -460,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:  # a full disk, a folder that went away mid-write: what was staged is removed
+        where = f": {e.filename}" if e.filename else ""
+        print(f"edgepack: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
     return 0
 
 

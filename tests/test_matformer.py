@@ -184,3 +184,23 @@ def test_profile_tabulates_every_slice_and_picks_the_largest_that_fits():
     assert r["largest_fitting"] == max(fitting, key=lambda row: row["effective_params"])["name"]
     assert rows["E4B"]["decode_tok_s_limit"] == pytest.approx(20e9 / rows["E4B"]["decode_bytes"])
     assert rows["E2B"]["bundle_bytes"] < rows["E2.98B"]["bundle_bytes"] < rows["E4B"]["bundle_bytes"]
+
+
+def test_a_write_that_fails_midway_leaves_nothing(checkpoint, tmp_path):
+    """A disk that fills up mid-slice (here a file size limit: the same OSError from write()) ends
+    in one line, exit code 1, and no folder, partial or whole."""
+    import resource
+    import signal
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() then fails with EFBIG instead of a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    spec = tmp_path / "e2b-like.json"
+    spec.write_text(json.dumps({"layers_to_skip": [4], "ffn_hidden_dims": [32] * 5}))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "edgepack.cli", "slice", str(checkpoint(E4B_LIKE)), "--config",
+                           str(spec), "-o", str(out)], capture_output=True, text=True, timeout=600, preexec_fn=limited)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == "edgepack: error: File too large", \
+        proc.stderr
+    assert foreign_lines(proc.stderr) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["e2b-like.json"]

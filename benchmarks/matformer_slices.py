@@ -1,0 +1,103 @@
+"""MatFormer slicing at full size, on a synthetic Gemma 3n E4B (random weights, the real layout).
+
+    .venv/bin/python benchmarks/matformer_slices.py [--e4b DIR] [--work DIR] [--slices E2B,E2.98B,E3.59B]
+
+1. `edgepack synth --preset gemma-3n-E4B` (unless --e4b names one already written);
+2. `edgepack slice` of each slice, each in its own process: wall time and peak RSS (the child's
+   rusage), the checkpoint's size;
+3. the official E2B slice against E2B's real layout (transformers' classes configured as
+   google/gemma-3n-E2B: synth's preset): tensor names, shapes and the sliced config keys, and the
+   parameter counts the MatFormer Lab notebook prints for its E2B (the vision tower, which timm
+   builds and this machine can't, is in its total only).
+
+Prints one JSON line per slice and a summary; docs/matformer.md quotes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def run(args: list[str]) -> tuple[float, int]:
+    """(wall seconds, peak RSS bytes) of one edgepack command in a child process (its own rusage)."""
+    t0 = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", "edgepack.cli", *args])
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise SystemExit(f"edgepack {' '.join(args)} failed ({child.returncode})")
+    return time.perf_counter() - t0, usage.ru_maxrss * 1024
+
+
+def shapes_of(folder: Path) -> dict:
+    from edgepack.converters.safetensors_file import SafetensorsFile
+
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out |= {n: t[1] for n, t in SafetensorsFile(f).tensors.items()}
+    return out
+
+
+def write_chart(path: Path) -> None:
+    """`edgepack profile --preset gemma-3n-E4B --quant int4 --context 4096 --matformer all`'s chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgepack.report import slices_chart
+    from edgepack.slices import format_table, slices_table
+
+    r = slices_table(None, "gemma-3n-E4B", "int4", "litertlm", 4096, 128, device="android-6gb")
+    print(format_table(r))
+    slices_chart(plt, r).savefig(path, dpi=110, bbox_inches="tight")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--e4b", type=Path, help="a synthetic E4B checkpoint already written")
+    p.add_argument("--work", type=Path, default=Path("matformer-work"))
+    p.add_argument("--slices", default="E2B,E2.98B,E3.59B")
+    p.add_argument("--chart", type=Path, help="also write the planned table's chart (int4 .litertlm, 4,096 "
+                                              "tokens) as a PNG here")
+    a = p.parse_args()
+    if a.chart:
+        write_chart(a.chart)
+    if not a.slices:
+        return
+
+    from edgepack.converters.matformer import SLICED_KEYS, effective_params
+    from edgepack.converters.synth import layout
+
+    a.work.mkdir(parents=True, exist_ok=True)
+    e4b = a.e4b or a.work / "gemma-3n-E4B"
+    if a.e4b is None and not (e4b / "config.json").exists():
+        wall, peak = run(["synth", "--preset", "gemma-3n-E4B", "-o", str(e4b)])
+        print(json.dumps({"step": "synth E4B", "wall_s": round(wall, 1), "peak_rss_mib": round(peak / 2**20)}))
+    for name in a.slices.split(","):
+        out = a.work / f"gemma-3n-{name}"
+        wall, peak = run(["slice", str(e4b), "--config", name, "-o", str(out), "--force"])
+        shapes = shapes_of(out)
+        text = {"model." + k.split(".", 2)[2]: v for k, v in shapes.items() if k.startswith("model.language_model.")}
+        row = {"slice": name, "wall_s": round(wall, 1), "peak_rss_mib": round(peak / 2**20),
+               "checkpoint_gib": round(sum(f.stat().st_size for f in out.glob("*.safetensors")) / 2**30, 2),
+               "effective_params": effective_params(text), "text_params": sum(math.prod(s) for s in text.values()),
+               "all_params": sum(math.prod(s) for s in shapes.values())}
+        if name == "E2B":
+            config, want = layout("gemma-3n-E2B")
+            got = json.loads((out / "config.json").read_text())["text_config"]
+            row["same_layout_as_E2B"] = shapes == want
+            row["same_config_as_E2B"] = all(got[k] == config["text_config"][k] for k in SLICED_KEYS)
+            row["notebook_counts"] = (row["effective_params"], row["text_params"]) == (1_905_495_648, 4_456_156_768)
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
