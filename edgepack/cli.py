@@ -19,8 +19,12 @@ MATFORMER_METAVAR = "E2B|E2.98B|...|SLICE.json"
 
 
 def _matformer_sizes() -> list[tuple[str, float]]:
-    from edgepack.converters.matformer import EFFECTIVE_B
-
+    """The published slices for `slice --help`; none on a runtime-only install (a device), where
+    the converters are not installed and every other command must still work."""
+    try:
+        from edgepack.converters.matformer import EFFECTIVE_B
+    except ImportError:
+        return []
     return list(EFFECTIVE_B.items())
 
 EPILOG = """examples:
