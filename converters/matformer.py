@@ -153,9 +153,10 @@ def sliced_config(config: dict, s: Slice) -> dict:
     kept = s.kept(n)
     shared = int(config.get("num_kv_shared_layers", 0))
     sparsity = config.get("activation_sparsity_pattern")
+    types = layer_types(config)
     out = dict(config)
     out |= {"num_hidden_layers": len(kept), "intermediate_size": list(s.ffn_hidden_dims),
-            "layer_types": [layer_types(config)[i] for i in kept],
+            "layer_types": [types[i] for i in kept],
             "num_kv_shared_layers": shared - sum(1 for i in s.layers_to_skip if i >= n - shared)}
     if sparsity is not None:
         out["activation_sparsity_pattern"] = [sparsity[i] for i in kept] if isinstance(sparsity, list) else sparsity
