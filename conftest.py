@@ -21,6 +21,14 @@ import pytest
 from filelock import FileLock
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ... under xdist; None otherwise
+if WORKER:
+    # The workers share the cores: each process's engines (onnxruntime, LiteRT: EDGEPACK_THREADS)
+    # and torch's OpenMP (read when torch loads, after this) get their share of them, and its
+    # child processes too. Thread pools sized for every core spin against the other worker's:
+    # onnxruntime's 270M decode costs 89 CPU-s at one thread and 113 at two, on an idle machine.
+    _share = str(max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    os.environ.setdefault("EDGEPACK_THREADS", _share)
+    os.environ.setdefault("OMP_NUM_THREADS", _share)
 
 
 sys.path.insert(0, str(Path(__file__).parent / "tests"))
@@ -134,10 +142,35 @@ def bundle(shared, checkpoint, kept_lowerings) -> Callable[..., Path]:
     def get(name: str, fmt: str, quant: str = "none") -> Path:
         opts = ExportOptions(format=fmt, quant=quant, max_context=TINY_CONTEXT, prefill_len=TINY_PREFILL,
                              keep_lowered=kept_lowerings)
-        return shared(f"bundle-{name}-{fmt}-{quant}",
-                      lambda out: export(checkpoint(name), out, opts, log=lambda m: None))
+
+        def make(out: Path) -> None:
+            said: list[str] = []
+            export(checkpoint(name), out, opts, log=said.append)
+            export_log(out).write_text("\n".join(said))
+
+        return shared(f"bundle-{name}-{fmt}-{quant}", make)
 
     return get
+
+
+@pytest.fixture(scope="session")
+def exported_from_scratch(bundle) -> Callable[[str], Path | None]:
+    """name -> one of the run's litertlm bundles of that checkpoint whose export lowered the model
+    itself (the first to ask; the others reuse its lowering), or None while it is still being written."""
+    def find(name: str) -> Path | None:
+        made = bundle(name, "litertlm", "int8").parent
+        for log in sorted(made.glob(f"bundle-{name}-litertlm-*.log")):
+            if not any("reused from" in line for line in log.read_text().splitlines()):
+                return log.with_suffix("")
+        return None
+
+    return find
+
+
+def export_log(bundle: Path) -> Path:
+    """The lines `bundle`'s export wrote (beside it: a bundle holds only its own files), e.g. whether
+    its lowering was made or reused from the run's kept lowerings."""
+    return bundle.with_name(bundle.name + ".log")
 
 
 @pytest.fixture(scope="session")

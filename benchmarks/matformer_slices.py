@@ -1,6 +1,6 @@
 """MatFormer slicing at full size, on a synthetic Gemma 3n E4B (random weights, the real layout).
 
-    .venv/bin/python benchmarks/matformer_slices.py [--e4b DIR] [--work DIR] [--slices E2B,E2.98B,E3.59B]
+    .venv/bin/python benchmarks/matformer_slices.py [--e4b DIR] [--work DIR] [--slices E2B,E2.98B,E3.59B] [--export]
 
 1. `edgepack synth --preset gemma-3n-E4B` (unless --e4b names one already written);
 2. `edgepack slice` of each slice, each in its own process: wall time and peak RSS (the child's
@@ -9,6 +9,15 @@
    google/gemma-3n-E2B: synth's preset): tensor names, shapes and the sliced config keys, and the
    parameter counts the MatFormer Lab notebook prints for its E2B (the vision tower, which timm
    builds and this machine can't, is in its total only).
+
+With --export (instead of steps 2-3), for the full E4B and each slice, cut while exporting (`export --matformer`, no
+sliced checkpoint written), int4 ONNX at 4,096 tokens:
+4. the export's wall time and peak RSS, the bundle's size;
+5. `edgepack profile BUNDLE`: the runtime peak predicted vs measured (512-token prompt, 64 tokens);
+6. `edgepack bench BUNDLE`: prefill and decode tok/s (512 + 64 tokens);
+7. `edgepack eval SLICE --reference E4B`: top-1 agreement and mean KL of each slice's next-token
+   distribution against the full model's over 128 tokens of text. The weights are random, so this
+   is a sanity figure (how far cutting moves the output), not a quality figure.
 
 Prints one JSON line per slice and a summary; docs/matformer.md quotes them.
 """
@@ -34,6 +43,38 @@ def run(args: list[str]) -> tuple[float, int]:
     if child.returncode:
         raise SystemExit(f"edgepack {' '.join(args)} failed ({child.returncode})")
     return time.perf_counter() - t0, usage.ru_maxrss * 1024
+
+
+def json_of(args: list[str]) -> dict:
+    """An edgepack command's --json output (its progress goes to stderr, shown)."""
+    proc = subprocess.run([sys.executable, "-m", "edgepack.cli", *args, "--json"], stdout=subprocess.PIPE, text=True)
+    if proc.returncode:
+        raise SystemExit(f"edgepack {' '.join(args)} failed ({proc.returncode})")
+    return json.loads(proc.stdout)
+
+
+def exported(e4b: Path, name: str, work: Path) -> dict:
+    """Steps 4-6 for one model: "E4B" is the checkpoint itself, any other name a slice of it."""
+    out = work / f"bundle-{name}"
+    cut = [] if name == "E4B" else ["--matformer", name]
+    wall, peak = run(["export", str(e4b), *cut, "--format", "onnx", "--quant", "int4", "--max-context", "4096",
+                      "-o", str(out), "--force"])
+    prof = json_of(["profile", str(out), "--prompt-tokens", "512", "--tokens", "64"])
+    bench = json_of(["bench", str(out), "--prefill", "512", "--decode", "64"])["engines"]["edgepack"]
+    return {"model": name, "export_wall_s": round(wall, 1), "export_peak_rss_mib": round(peak / 2**20),
+            "bundle_mib": round(sum(f.stat().st_size for f in out.iterdir()) / 2**20),
+            "runtime_peak_predicted_mib": round(prof["predicted"]["peak"] / 2**20),
+            "runtime_peak_measured_mib": round(prof["measured"]["peak_rss"] / 2**20),
+            "predicted_over_measured": round(prof["predicted"]["peak"] / prof["measured"]["peak_rss"], 3),
+            "prefill_tok_s": round(bench["prefill_tok_s"], 2), "decode_tok_s": round(bench["decode_tok_s"], 2)}
+
+
+def drift(work: Path, name: str) -> dict:
+    """Step 7: the slice's bundle against the full model's on the same 128 tokens."""
+    r = json_of(["eval", str(work / f"bundle-{name}"), "--reference", str(work / "bundle-E4B"),
+                 "--text", "/usr/share/common-licenses/GPL-3", "--tokens", "128"])
+    return {"model": name, "top1_agreement_with_E4B": round(r["top1_agreement"], 3),
+            "mean_kl_from_E4B": round(r["mean_kl"], 3)}
 
 
 def shapes_of(folder: Path) -> dict:
@@ -65,6 +106,8 @@ def main() -> None:
     p.add_argument("--e4b", type=Path, help="a synthetic E4B checkpoint already written")
     p.add_argument("--work", type=Path, default=Path("matformer-work"))
     p.add_argument("--slices", default="E2B,E2.98B,E3.59B")
+    p.add_argument("--export", action="store_true", help="export E4B and each slice (int4 ONNX, 4,096 tokens) "
+                                                          "and measure them (steps 4-7) instead of step 2-3")
     p.add_argument("--chart", type=Path, help="also write the planned table's chart (int4 .litertlm, 4,096 "
                                               "tokens) as a PNG here")
     a = p.parse_args()
@@ -81,7 +124,7 @@ def main() -> None:
     if a.e4b is None and not (e4b / "config.json").exists():
         wall, peak = run(["synth", "--preset", "gemma-3n-E4B", "-o", str(e4b)])
         print(json.dumps({"step": "synth E4B", "wall_s": round(wall, 1), "peak_rss_mib": round(peak / 2**20)}))
-    for name in a.slices.split(","):
+    for name in [] if a.export else a.slices.split(","):
         out = a.work / f"gemma-3n-{name}"
         wall, peak = run(["slice", str(e4b), "--config", name, "-o", str(out), "--force"])
         shapes = shapes_of(out)
@@ -97,6 +140,11 @@ def main() -> None:
             row["same_config_as_E2B"] = all(got[k] == config["text_config"][k] for k in SLICED_KEYS)
             row["notebook_counts"] = (row["effective_params"], row["text_params"]) == (1_905_495_648, 4_456_156_768)
         print(json.dumps(row), flush=True)
+    if a.export:
+        for name in ["E4B", *a.slices.split(",")]:
+            print(json.dumps(exported(e4b, name, a.work)), flush=True)
+        for name in a.slices.split(","):
+            print(json.dumps(drift(a.work, name)), flush=True)
 
 
 if __name__ == "__main__":

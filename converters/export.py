@@ -128,10 +128,10 @@ def _write_litertlm(stage: Path, p: ExportPlan, src: Source, stop_ids: list[int]
     work.mkdir()
     lowering = f"lowering to TFLite (prefill_{p.prefill_len} + decode)"
     if p.family.piecewise_litertlm:  # streamed: a piece, then each table, at a time
-        with stages.stage(lowering + ", a piece at a time, quantized as they come"):
+        with stages.stage(lowering + ", a piece at a time, quantized as they come") as note:
             models = {"prefill_decode": litertlm_pieces.export_main(
                 p.family.litertlm_pieces, p.decoder, p.config, src, p.tensors, p.prefill_len, p.max_context, p.graph.cache_lengths, work,
-                stages.console, keep_lowered)}
+                stages.console, keep_lowered, note)}
     else:
         models = {"prefill_decode": work / "model.tflite"}
         settings = {"family": p.family.name, "config": dataclasses.asdict(p.config), "prefill": p.prefill_len,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -76,8 +77,8 @@ def convert(spec: PieceSpec, cfg, prefill_len: int, lengths: list[int], context:
     settings = {"piece": spec.name, "module": type(spec.module).__qualname__, "signatures": spec.signatures,
                 "inputs": spec.inputs, "outputs": spec.outputs, "config": dataclasses.asdict(cfg),
                 "prefill": prefill_len, "lengths": lengths, "context": context}
-    lowered.lower_once(keep, module, settings, out, lower)
-    return Piece(spec.name, out, spec.inputs, spec.outputs)
+    reused = lowered.lower_once(keep, module, settings, out, lower)
+    return Piece(spec.name, out, spec.inputs, spec.outputs, reused)
 
 
 def _pruned(module: nn.Module, keep: set[str], prefix: str = "") -> nn.Module:
@@ -93,7 +94,7 @@ def _pruned(module: nn.Module, keep: set[str], prefix: str = "") -> nn.Module:
 
 
 def export_main(cut, model, cfg, src, plans: dict, prefill_len: int, context: int, lengths: list[int],
-                work: Path, progress, keep: Path | None = None) -> Path:
+                work: Path, progress, keep: Path | None = None, note: Callable[[str], None] = lambda text: None) -> Path:
     """The `prefill_decode` model, cut as the family says (`cut`: its Family.litertlm_pieces),
     converted and quantized a piece at a time: the float weights
     of one piece (a decoder layer: 240 MB for E2B) at most. A quantized LM head (the exit's tied
@@ -124,6 +125,9 @@ def export_main(cut, model, cfg, src, plans: dict, prefill_len: int, context: in
             tflite_quant.quantize_file(path, plans, {n: params[n].detach().numpy() for n in rest})
         unload_weights(model, rest)
         release_freed_heap()  # a conversion's freed heap, else the next piece starts GBs higher
+    reused = sum(p.reused for p in pieces)
+    if reused:
+        note(f"{'every piece' if reused == len(pieces) else f'{reused} of {len(pieces)} pieces'} reused from {keep}")
     out = work / "model.tflite"
     stitch(pieces, [contract.prefill_signature(prefill_len), contract.DECODE], out)
     for piece in pieces:

@@ -30,6 +30,7 @@ class Piece:
     path: Path
     inputs: dict[str, str]  # piece input -> wire: a model input's name, or "<piece>.<output>"
     outputs: dict[str, str]  # model output -> piece output
+    reused: bool = False  # copied from an earlier export's kept lowering (lowered.py), not lowered now
 
 
 class _Signature:

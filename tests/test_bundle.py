@@ -190,27 +190,35 @@ def test_killed_export_leaves_no_bundle_and_is_cleaned_up(tmp_path, checkpoint, 
 
 
 @pytest.mark.parametrize("name", ["gemma3", "gemma3n_causal"])  # lowered whole; a piece at a time
-def test_a_kept_lowering_exports_the_same_bundle(tmp_path, checkpoint, name):
-    """`--keep-lowered`: the second export starts from the first one's float lowering (Gemma 3n:
-    its float pieces), and its bundle is, section for section, the one a fresh lowering writes
-    (litert-lm-builder's header holds a timestamp and a random id, so the files differ there)."""
+def test_a_kept_lowering_exports_the_same_bundle(tmp_path, checkpoint, kept_lowerings, exported_from_scratch, name):
+    """`--keep-lowered`: an export that starts from an earlier export's float lowering (Gemma 3n:
+    its float pieces) writes, section for section, the bundle a fresh lowering writes
+    (litert-lm-builder's header holds a timestamp and a random id, so the files differ there). The
+    fresh one is the run's bundle of this checkpoint that lowered it first (conftest.py)."""
     from edgepack.converters.export import ExportOptions, export
     from edgepack.converters.litertlm_export import read_sections
     from checkpoints import TINY_CONTEXT, TINY_PREFILL
 
-    keep = tmp_path / "lowered"
-    opts = ExportOptions("litertlm", "int8", TINY_CONTEXT, TINY_PREFILL, keep_lowered=keep)
-    said: list[str] = []
-    fresh = export(checkpoint(name), tmp_path / "fresh", opts, log=said.append)
-    kept = sorted(keep.glob("*.tflite"))  # the whole graph, or each piece
-    assert kept and not any("reused from" in line for line in said)
-    reused = export(checkpoint(name), tmp_path / "reused", opts, log=said.append)
-    assert sorted(keep.glob("*.tflite")) == kept  # nothing lowered the second time
-    assert name != "gemma3" or any("reused from" in line for line in said)
+    def exported(quant: str, keep, out) -> list[str]:
+        said: list[str] = []
+        export(checkpoint(name), out, ExportOptions("litertlm", quant, TINY_CONTEXT, TINY_PREFILL, keep_lowered=keep),
+               log=said.append)
+        return said
+
+    fresh = exported_from_scratch(name)
+    if fresh is not None:
+        quant = fresh.name.rsplit("-", 1)[-1]
+    else:  # the other worker's is still being written: lower one here
+        fresh, quant = tmp_path / "fresh", "int8"
+        assert not any("reused from" in line for line in exported(quant, None, fresh))
+    said = exported(quant, kept_lowerings, tmp_path / "reused")
+    # nothing lowered this time: the whole graph, or every piece, came from the kept lowering
+    assert any(line.endswith(f"(reused from {kept_lowerings})") or f"(every piece reused from {kept_lowerings})" in line
+               for line in said), said
     sections = read_sections(fresh / "model.litertlm")
-    assert sections == read_sections(reused / "model.litertlm")
+    assert sections == read_sections(tmp_path / "reused" / "model.litertlm")
     first = min(s["offset"] for s in sections)
-    assert (fresh / "model.litertlm").read_bytes()[first:] == (reused / "model.litertlm").read_bytes()[first:]
+    assert (fresh / "model.litertlm").read_bytes()[first:] == (tmp_path / "reused" / "model.litertlm").read_bytes()[first:]
 
 
 def test_bundles_with_one_tokenizer_share_its_parse(bundle, tmp_path):
