@@ -86,8 +86,9 @@ def shapes_of(folder: Path) -> dict:
     return out
 
 
-def write_chart(path: Path) -> None:
-    """`edgepack profile --preset gemma-3n-E4B --quant int4 --context 4096 --matformer all`'s chart."""
+def write_chart(path: Path, fmt: str = "litertlm", measured: list[dict] | None = None) -> None:
+    """`edgepack profile --preset gemma-3n-E4B --quant int4 --context 4096 --matformer all`'s chart,
+    with the exported bundles' measured peaks and decode speeds where given (step 5-6's rows)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,9 +97,11 @@ def write_chart(path: Path) -> None:
     from edgepack.report import slices_chart
     from edgepack.slices import format_table, slices_table
 
-    r = slices_table(None, "gemma-3n-E4B", "int4", "litertlm", 4096, 128, device="android-6gb")
+    r = slices_table(None, "gemma-3n-E4B", "int4", fmt, 4096, 128, device="android-6gb")
     print(format_table(r))
-    slices_chart(plt, r).savefig(path, dpi=110, bbox_inches="tight")
+    ran = {m["model"]: {"peak": m["runtime_peak_measured_mib"] * 2**20, "decode_tok_s": m["decode_tok_s"]}
+           for m in measured or []}
+    slices_chart(plt, r, ran).savefig(path, dpi=110, bbox_inches="tight")
 
 
 def main() -> None:
@@ -108,10 +111,10 @@ def main() -> None:
     p.add_argument("--slices", default="E2B,E2.98B,E3.59B")
     p.add_argument("--export", action="store_true", help="export E4B and each slice (int4 ONNX, 4,096 tokens) "
                                                           "and measure them (steps 4-7) instead of step 2-3")
-    p.add_argument("--chart", type=Path, help="also write the planned table's chart (int4 .litertlm, 4,096 "
-                                              "tokens) as a PNG here")
+    p.add_argument("--chart", type=Path, help="also write the planned table's chart (int4, 4,096 tokens; "
+                                              ".litertlm, or with --export ONNX with the measured runs) as a PNG")
     a = p.parse_args()
-    if a.chart:
+    if a.chart and not a.export:
         write_chart(a.chart)
     if not a.slices:
         return
@@ -141,8 +144,11 @@ def main() -> None:
             row["notebook_counts"] = (row["effective_params"], row["text_params"]) == (1_905_495_648, 4_456_156_768)
         print(json.dumps(row), flush=True)
     if a.export:
-        for name in ["E4B", *a.slices.split(",")]:
-            print(json.dumps(exported(e4b, name, a.work)), flush=True)
+        rows = [exported(e4b, name, a.work) for name in ["E4B", *a.slices.split(",")]]
+        for row in rows:
+            print(json.dumps(row), flush=True)
+        if a.chart:  # the ONNX plan, with these runs on it
+            write_chart(a.chart, "onnx", rows)
         for name in a.slices.split(","):
             print(json.dumps(drift(a.work, name)), flush=True)
 

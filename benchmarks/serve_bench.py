@@ -1,6 +1,7 @@
 """`edgepack serve` against the same bundle run in-process, and under concurrent clients.
 
     .venv/bin/python benchmarks/serve_bench.py BUNDLE [--tokens 64] [--repeats 5] [--concurrency 1 4]
+        [--llama-server GGUF] [--soak S]
 
 The server runs in its own process (`edgepack serve --port 0`); this process holds the in-process
 Generator. They take turns, never run at once. Every request is a greedy /v1/completions of the same
@@ -10,6 +11,9 @@ prompt with `--tokens` new tokens, streamed; the client times the first and the 
   Generator's decode tok/s, medians of `--repeats` alternating runs;
 - concurrency C: C clients at once, `--repeats` rounds: throughput (all tokens over the round's
   wall time), time to first token and request latency (median and p95 over all requests);
+- `--llama-server GGUF`: the same concurrency rounds against llama.cpp's OpenAI server
+  (llama-cpp-python[server], built by benchmarks/build_peers.sh) on the bundle's source GGUF, at the
+  same thread count, after our server has stopped; ratios edgepack / llama-server;
 - `--soak S`: requests back to back for S seconds, the server's resident memory (its /metrics)
   read every 30 s: first, last and highest.
 """
@@ -17,6 +21,7 @@ prompt with `--tokens` new tokens, streamed; the client times the first and the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.client
 import json
 import re
@@ -62,6 +67,78 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
+@dataclasses.dataclass
+class Round:
+    throughput: float  # tok/s, every client's tokens over the round's wall time: median of the rounds
+    ttft: float  # s, median over every request
+    ttft_p95: float
+    latency: float
+    p95: float  # request latency
+
+    def __str__(self) -> str:
+        return (f"{self.throughput:6.1f} tok/s in all, time to first token {self.ttft * 1e3:.0f} ms "
+                f"(p95 {self.ttft_p95 * 1e3:.0f}), latency p50 {self.latency:.2f} s, p95 {self.p95:.2f} s")
+
+
+def concurrent(address: tuple[str, int], tokens: int, repeats: int, c: int) -> Round:
+    """`repeats` rounds of `c` clients streaming the same completion at once."""
+    throughput, ttft, latency = [], [], []
+    for _ in range(repeats):
+        results = [None] * c
+        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, stream(address, tokens)))
+                   for i in range(c)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        if any(r[3] < tokens * 0.9 for r in results):  # a cut or refused answer would flatter the server
+            raise SystemExit(f"{address}: a request came back short: {[r[3] for r in results]} of {tokens} pieces")
+        throughput.append(sum(r[3] for r in results) / wall)
+        ttft += [r[0] for r in results]
+        latency += [r[2] for r in results]
+    return Round(statistics.median(throughput), statistics.median(ttft), percentile(ttft, 0.95),
+                 statistics.median(latency), percentile(latency, 0.95))
+
+
+def llama_server(gguf: str, threads: int | None, tokens: int, repeats: int, concurrency: list[int]) -> dict[int, Round]:
+    """The same rounds against llama-cpp-python's OpenAI server on a GGUF (benchmarks/build_peers.sh
+    builds it into the peers folder), at the same thread count, alone on the machine."""
+    import os
+    import socket
+
+    from edgepack import peers
+    from edgepack.system import default_threads
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(peers.llama_cpp_dir()))
+    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1",
+                               "--port", str(port), "--n_threads", str(threads or default_threads()),
+                               "--n_threads_batch", str(threads or default_threads()), "--n_ctx", "4096",
+                               # by default a new request cuts the one generating short; ours queue
+                               "--interrupt_requests", "False"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/v1/models")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise SystemExit("llama-server did not start")
+        stream(("127.0.0.1", port), tokens)  # its first request loads and warms up, as ours does at start
+        return {c: concurrent(("127.0.0.1", port), tokens, repeats, c) for c in concurrency}
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bundle")
@@ -70,6 +147,8 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--soak", type=float, default=0, metavar="S", help="seconds of back-to-back requests")
+    p.add_argument("--llama-server", metavar="GGUF", help="also run the concurrency rounds against llama-cpp-python's "
+                                                         "server on this GGUF (the bundle's source)")
     a = p.parse_args()
 
     from edgepack.runtime import Generator
@@ -98,24 +177,9 @@ def main() -> None:
         print(f"  in-process decode   {statistics.median(local):7.1f} tok/s ({min(local):.1f}-{max(local):.1f})")
         print(f"  through the server  {statistics.median(remote):7.1f} tok/s ({min(remote):.1f}-{max(remote):.1f}), "
               f"{statistics.median(remote) / statistics.median(local):.3f}x in-process")
-        for c in a.concurrency:
-            throughput, ttft, latency = [], [], []
-            for _ in range(a.repeats):
-                results = [None] * c
-                threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, stream(address, a.tokens)))
-                           for i in range(c)]
-                t0 = time.perf_counter()
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
-                wall = time.perf_counter() - t0
-                throughput.append(sum(r[3] for r in results) / wall)
-                ttft += [r[0] for r in results]
-                latency += [r[2] for r in results]
-            print(f"  concurrency {c}: {statistics.median(throughput):6.1f} tok/s in all, time to first token "
-                  f"{statistics.median(ttft) * 1e3:.0f} ms (p95 {percentile(ttft, 0.95) * 1e3:.0f}), latency "
-                  f"p50 {statistics.median(latency):.2f} s, p95 {percentile(latency, 0.95):.2f} s")
+        ours = {c: concurrent(address, a.tokens, a.repeats, c) for c in a.concurrency}
+        for c, r in ours.items():
+            print(f"  concurrency {c}: {r}")
         if a.soak:
             rss, requests, t0, next_read = [], 0, time.perf_counter(), 0.0
             while (now := time.perf_counter() - t0) < a.soak:
@@ -130,6 +194,13 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(30)
+    if a.llama_server:
+        theirs = llama_server(a.llama_server, a.threads, a.tokens, a.repeats, a.concurrency)
+        for c, r in theirs.items():
+            print(f"  llama-server, concurrency {c}: {r}")
+            print(f"  edgepack / llama-server at concurrency {c}: throughput {ours[c].throughput / r.throughput:.2f}x, "
+                  f"time to first token {ours[c].ttft / r.ttft:.2f}x, p95 latency {ours[c].p95 / r.p95:.2f}x "
+                  "(time ratios: lower is faster)")
 
 
 if __name__ == "__main__":

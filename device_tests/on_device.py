@@ -20,6 +20,13 @@ import numpy as np
 TOP = 8
 
 
+def largest(logits: np.ndarray) -> np.ndarray:
+    """The TOP largest logits' ids, largest first: a partition, not a sort of 262,144 values
+    (0.16 s a step under emulation)."""
+    ids = np.argpartition(logits, -TOP)[-TOP:]
+    return ids[np.argsort(logits[ids])[::-1]]
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("bundles", nargs="+")
@@ -45,7 +52,7 @@ def main() -> int:
             ids = gen.encode(prompt)
             steps = []
             list(gen.generate_ids(ids, a.tokens, on_step=steps.append))
-            top = [np.argsort(s.logits)[::-1][:TOP] for s in steps]
+            top = [largest(s.logits) for s in steps]
             runs.append({"bundle": path, "engine": type(gen.engine).__name__, "prompt": prompt, "prompt_ids": ids,
                          "tokens": [s.token for s in steps],
                          "top_ids": [t.tolist() for t in top],

@@ -78,9 +78,10 @@ def charts(r: dict) -> dict[str, bytes]:
 LINES = ("pi5-4gb", "pi5-8gb", "android-6gb", "android-8gb")  # budgets drawn on the slices chart
 
 
-def slices_chart(plt, r: dict):
+def slices_chart(plt, r: dict, measured: dict[str, dict] | None = None):
     """Predicted peak memory and the decode limit of each MatFormer slice against its effective
-    parameters, with the budgets of common boards and phones."""
+    parameters, with the budgets of common boards and phones; `measured` (slice name -> its
+    measured "peak" bytes and "decode_tok_s") adds exported bundles' runs."""
     from edgepack.footprint import device_budget
 
     rows = sorted((row for row in r["rows"] if "error" not in row), key=lambda row: row["effective_params"])
@@ -93,11 +94,18 @@ def slices_chart(plt, r: dict):
         ax.axhline(device_budget(name) / MiB, linestyle="--", linewidth=1, color="red" if name == r.get("device")
                    else "0.6")
         ax.annotate(f"{name} budget", (x[0], device_budget(name) / MiB), fontsize=7, va="bottom")
+    ran = [(xi, measured[row["name"]]) for row, xi in zip(rows, x) if row["name"] in (measured or {})]
+    if ran:
+        ax.plot([xi for xi, _ in ran], [m["peak"] / MiB for _, m in ran], "kx", markersize=9,
+                label="measured peak memory")
     ax.set_xlabel("effective parameters (billions)")
     ax.set_ylabel("MiB")
     speed = ax.twinx()
     speed.plot(x, [row["decode_tok_s_limit"] for row in rows], "s:", color="tab:green", label="decode limit")
-    speed.set_ylabel(f"tok/s at {r['bandwidth_gb_s']:.1f} GB/s", color="tab:green")
+    if ran:
+        speed.plot([xi for xi, _ in ran], [m["decode_tok_s"] for _, m in ran], "^", color="darkgreen",
+                   label="measured decode")
+    speed.set_ylabel(f"tok/s (limit at {r['bandwidth_gb_s']:.1f} GB/s)", color="tab:green")
     ax.set_title(f"{r['subject']}: MatFormer slices ({r['recipe']}, context {r['context']:,})")
     handles = ax.get_legend_handles_labels()[0] + speed.get_legend_handles_labels()[0]
     ax.legend(handles=handles, loc="center right", fontsize=8)

@@ -7,12 +7,13 @@
   cut three ways by `edgepack slice`: transformers loads each slice
   with no missing keys, and edgepack's bundles of it, both formats, reproduce transformers' greedy
   tokens with logits within 1e-3. Cutting while exporting (`export --matformer`) writes the same
-  bundle as slicing first.
+  bundle as slicing first, float and int4.
 - Bad configurations end in one line and exit code 2.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -129,7 +130,9 @@ def _digests(folder) -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.name != "manifest.json"}
 
 
-def test_export_while_slicing_equals_slice_then_export(sliced, checkpoint, shared, tmp_path):
+@pytest.mark.parametrize("quant", ["none", "int4"])
+def test_export_while_slicing_equals_slice_then_export(quant, sliced, checkpoint, shared, tmp_path):
+    """Float, and int4 (the narrow FFNs' 32 columns are one int4 block: the plan follows the cut shapes)."""
     from checkpoints import TINY_CONTEXT, TINY_PREFILL
 
     from edgepack.converters.export import ExportOptions, export
@@ -137,14 +140,20 @@ def test_export_while_slicing_equals_slice_then_export(sliced, checkpoint, share
     name, skip, dims = TINY_SLICES[2]
     spec = tmp_path / "early.json"
     spec.write_text(json.dumps({"layers_to_skip": skip, "ffn_hidden_dims": dims}))
-    opts = ExportOptions(format="onnx", max_context=TINY_CONTEXT, prefill_len=TINY_PREFILL)
-    first = shared(f"matformer-{name}-onnx", lambda o: export(sliced(name), o, opts, log=lambda m: None))
-    on_the_fly = export(checkpoint(E4B_LIKE), tmp_path / "fly", ExportOptions(
-        format="onnx", max_context=TINY_CONTEXT, prefill_len=TINY_PREFILL, matformer=str(spec)), log=lambda m: None)
+    opts = ExportOptions(format="onnx", quant=quant, max_context=TINY_CONTEXT, prefill_len=TINY_PREFILL)
+    first = shared(f"matformer-{name}-onnx" + ("" if quant == "none" else f"-{quant}"),
+                   lambda o: export(sliced(name), o, opts, log=lambda m: None))
+    on_the_fly = export(checkpoint(E4B_LIKE), tmp_path / "fly", dataclasses.replace(opts, matformer=str(spec)),
+                        log=lambda m: None)
     assert _digests(on_the_fly) == _digests(first)
     a, b = (json.loads((f / "manifest.json").read_text()) for f in (first, on_the_fly))
     assert a["model"]["config"] == b["model"]["config"] and a["files"] == b["files"]
     assert b["model"]["source"].endswith("(MatFormer early)")
+    if quant != "none":  # each kept layer's down_proj at its own width, in int4
+        report = {t["tensor"]: t for t in json.loads((on_the_fly / "quantization.json").read_text())["tensors"]}
+        for i, width in enumerate(dims):
+            down = report[f"model.layers.{i}.mlp.down_proj.weight"]
+            assert down["shape"][1] == width and down["stored"].startswith("int4"), down
 
 
 @pytest.mark.parametrize("layers_to_skip,dims,needle", [
