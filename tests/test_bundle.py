@@ -206,8 +206,8 @@ def test_a_kept_lowering_exports_the_same_bundle(tmp_path, checkpoint, kept_lowe
         return said
 
     fresh = exported_from_scratch(name)
-    if fresh is not None:
-        quant = fresh.name.rsplit("-", 1)[-1]
+    if fresh is not None:  # its recipe from its manifest: a name like "int4-head4" has dashes of its own
+        quant = Bundle(fresh).plan.precision.quantization
     else:  # the other worker's is still being written: lower one here
         fresh, quant = tmp_path / "fresh", "int8"
         assert not any("reused from" in line for line in exported(quant, None, fresh))
