@@ -8,43 +8,18 @@ command-line values, asserting the same property on each example."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from edgepack.cli import main
+from hostile_inputs import HOSTILE, cli, manifest_places, mutate
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-
-
-def cli(*args: str, timeout: float = 120) -> tuple[int, str, str]:
-    """`edgepack ARGS` in this process: exit code, stdout, stderr. An exception other than the
-    one-line errors escapes and fails the test; so does running past `timeout` (a hang)."""
-    out, err = io.StringIO(), io.StringIO()
-
-    def hung(*_):
-        raise TimeoutError(f"edgepack {' '.join(args)[:200]} ran past {timeout} s")
-
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(int(timeout))
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main(list(args))
-            except SystemExit as e:  # argparse's own usage errors
-                code = e.code
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-    return code, out.getvalue(), err.getvalue()
 
 
 def assert_one_line_error(code: int, err: str, needle: str = "") -> None:
@@ -358,36 +333,6 @@ def test_signed_bundles_verify_only_with_a_trusted_key(copy, tmp_path):
 
 # --- fuzz ----------------------------------------------------------------------------------------
 
-HOSTILE = [None, True, False, -1, 0, 2**63, 1.5, float("nan"), "", "x", "../../etc/passwd", "/etc/shadow",
-           "\x1b[31m", [], [-1], {}, {"a": 1}, "0" * 64]
-
-
-def _paths(value, prefix=()):
-    """Every place in a JSON document: (key path, value)."""
-    yield prefix, value
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if prefix == () and k in ("chat_template",):
-                continue
-            yield from _paths(v, prefix + (k,))
-    elif isinstance(value, list):
-        for i, v in enumerate(value[:3]):
-            yield from _paths(v, prefix + (i,))
-
-
-def _mutate(doc, path, how, new):
-    if not path:
-        return new
-    parent = doc
-    for k in path[:-1]:
-        parent = parent[k]
-    if how == "delete":
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = new
-    return doc
-
-
 def _outside_files(root: Path, keep: set[Path]) -> set[str]:
     return {str(p) for p in root.rglob("*") if not any(p == k or k in p.parents for k in keep)}
 
@@ -396,11 +341,11 @@ def _outside_files(root: Path, keep: set[Path]) -> set[str]:
 @given(data=st.data())
 def test_fuzzed_manifests_give_a_result_or_one_line(copy, tmp_path, data):
     original = json.loads((copy / "manifest.json").read_text())
-    places = [p for p, _ in _paths(original) if p]
+    places = [p for p, _ in manifest_places(original) if p]
     path = data.draw(st.sampled_from(places), "field")
     how = data.draw(st.sampled_from(["delete", "replace"]), "how")
     new = data.draw(st.sampled_from(HOSTILE), "value")
-    doc = _mutate(json.loads(json.dumps(original)), path, how, new)
+    doc = mutate(json.loads(json.dumps(original)), path, how, new)
     (copy / "manifest.json").write_text(json.dumps(doc))
     before = _outside_files(tmp_path, {copy})
     for cmd in (["inspect", str(copy), "--no-verify"], ["inspect", str(copy), "--json"]):
