@@ -81,8 +81,13 @@ object Installer {
             staging.deleteRecursively() // another bundle (or another version of it) was being installed
         }
         staging.mkdirs()
-        writeDurably(kept, raw) // first: what a later install compares to resume this one
         val total = manifest.files.sumOf { it.size }
+        val have = manifest.files.sumOf { minOf(File(staging, it.path).length(), it.size) }
+        val free = staging.usableSpace
+        if (total - have > free) { // a manifest is untrusted: it must not fill the phone's storage
+            throw BundleError("the bundle needs ${mib(total - have)} MiB more, and ${t.parentFile} has ${mib(free)} MiB free")
+        }
+        writeDurably(kept, raw) // first: what a later install compares to resume this one
         var done = 0L
         for (entry in manifest.files) {
             val base = done

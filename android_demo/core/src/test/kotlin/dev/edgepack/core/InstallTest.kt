@@ -97,6 +97,17 @@ class InstallTest {
     }
 
     @Test
+    fun `a bundle larger than the free storage is refused before anything is written`() {
+        val m = File(served, MANIFEST)
+        m.writeText(m.readText().replace("\"size\": 3000000", "\"size\": 1125899906842624")) // 1 PiB
+        val target = File(tmp, "app/bundle")
+        val e = assertThrows(BundleError::class.java) { Installer.install(HttpSource(url), target) }
+        assertTrue(e.message!!.startsWith("the bundle needs 1,073,741,824.0 MiB more"), e.message)
+        assertFalse(target.exists())
+        assertEquals(m.length(), bytesSent) // the manifest, nothing else
+    }
+
+    @Test
     fun `a staging folder of another bundle is not resumed`() {
         val target = File(tmp, "app/bundle")
         val staging = Installer.stagingFor(target).apply { mkdirs() }
