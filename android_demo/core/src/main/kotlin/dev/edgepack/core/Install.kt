@@ -75,6 +75,9 @@ object Installer {
         if (t.exists()) throw BundleError("$t already exists")
         val raw = source.manifest()
         val manifest = Manifest.fromJson(parseJson(raw, "the source's $MANIFEST"), "the source's $MANIFEST")
+        if (manifest.files.any { it.path == MANIFEST }) { // it would replace the manifest checked here
+            throw BundleError("the source's $MANIFEST lists $MANIFEST among its files")
+        }
         val staging = stagingFor(t)
         val kept = File(staging, MANIFEST)
         if (staging.exists() && !(kept.isFile && kept.readBytes().contentEquals(raw))) {

@@ -108,6 +108,14 @@ class InstallTest {
     }
 
     @Test
+    fun `a manifest that lists itself is refused`() {
+        val m = File(served, MANIFEST)
+        m.writeText(m.readText().replace("\"path\": \"model.onnx.data\"", "\"path\": \"manifest.json\""))
+        val e = assertThrows(BundleError::class.java) { Installer.install(FolderSource(served), File(tmp, "b")) }
+        assertEquals("the source's manifest.json lists manifest.json among its files", e.message)
+    }
+
+    @Test
     fun `a staging folder of another bundle is not resumed`() {
         val target = File(tmp, "app/bundle")
         val staging = Installer.stagingFor(target).apply { mkdirs() }
