@@ -63,9 +63,8 @@ def tiny_bundles(bundle) -> list:
 
 
 def test_tiny_bundles_match_host(tiny_bundles, target, shared):
-    bundles = tiny_bundles
-    host = on_host(bundles, PROMPTS, 16, shared)
-    res = on_target(target, bundles, PROMPTS, 16)
+    host = on_host(tiny_bundles, PROMPTS, 16, shared)
+    res = on_target(target, tiny_bundles, PROMPTS, 16)
     assert res.returncode == 0, res.stderr[-3000:]
     device = json.loads(res.stdout.strip().splitlines()[-1])
     assert_same_generation(host, device)

@@ -92,10 +92,7 @@ def resample(x: np.ndarray, rate: int, to: int = SAMPLE_RATE, block: int = 1 << 
     h = np.sinc(n / max(up, down)) * np.kaiser(2 * half + 1, 5.0)
     h *= up / h.sum()
     taps = -(-len(h) // up)
-    phases = np.zeros((up, taps))  # phases[p, k] = h[p + k * up]
-    padded = np.zeros(up * taps)
-    padded[:len(h)] = h
-    phases[:] = padded.reshape(taps, up).T
+    phases = np.pad(h, (0, up * taps - len(h))).reshape(taps, up).T  # phases[p, k] = h[p + k * up]
     out_len = -(-len(x) * up // down)
     xp = np.concatenate([np.zeros(taps), np.asarray(x, np.float64), np.zeros(taps)])
     out = np.empty(out_len, np.float32)

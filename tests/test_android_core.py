@@ -7,6 +7,7 @@ sample for sample. The core's own JUnit tests run in `android_demo/test-core`.""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -83,7 +84,7 @@ def damaged_copies(bundle: Path, root: Path) -> list[Path]:
         rewrite(folder / "tokenizer.json", lambda d: bytes(d) + b" ")
         entry = next(f for f in m["files"] if f["path"] == "tokenizer.json")
         entry["size"] += 1
-        entry["sha256"] = __import__("hashlib").sha256((folder / "tokenizer.json").read_bytes()).hexdigest()
+        entry["sha256"] = hashlib.sha256((folder / "tokenizer.json").read_bytes()).hexdigest()
         (folder / "manifest.json").unlink()
         (folder / "manifest.json").write_text(json.dumps(m))
 

@@ -46,6 +46,7 @@ class MainActivity : AppCompatActivity() {
 
     private lateinit var status: TextView
     private lateinit var transcript: TextView
+    private lateinit var scroll: ScrollView
     private lateinit var stats: TextView
     private lateinit var load: Button
     private lateinit var send: Button
@@ -63,6 +64,7 @@ class MainActivity : AppCompatActivity() {
         setContentView(R.layout.activity_main)
         status = findViewById(R.id.status)
         transcript = findViewById(R.id.transcript)
+        scroll = findViewById(R.id.scroll)
         stats = findViewById(R.id.stats)
         load = findViewById(R.id.load)
         send = findViewById(R.id.send)
@@ -183,7 +185,7 @@ class MainActivity : AppCompatActivity() {
             try {
                 Chat.answer(c, contents, s) { text ->
                     transcript.append(text)
-                    findViewById<ScrollView>(R.id.scroll).post { findViewById<ScrollView>(R.id.scroll).fullScroll(View.FOCUS_DOWN) }
+                    scroll.post { scroll.fullScroll(View.FOCUS_DOWN) }
                 }
             } catch (e: Exception) {
                 transcript.append("\n[error: ${e.message}]")

@@ -114,19 +114,23 @@ private fun readManifestBytes(mpath: File): ByteArray {
 }
 
 /** Lowercase hex sha256 of a stream, read a chunk at a time; [progress] gets the bytes read. */
-fun sha256(input: InputStream, digest: MessageDigest = MessageDigest.getInstance("SHA-256"),
-           progress: (Long) -> Unit = {}): String {
+fun sha256(input: InputStream, progress: (Long) -> Unit = {}): String =
+    hex(MessageDigest.getInstance("SHA-256").also { digestAll(input, it, progress) }.digest())
+
+/** Feeds the rest of a stream into `digest`, a chunk at a time. */
+fun digestAll(input: InputStream, digest: MessageDigest, progress: (Long) -> Unit = {}) {
     val buf = ByteArray(CHUNK)
     var n = 0L
     while (true) {
         val k = input.read(buf)
-        if (k < 0) break
+        if (k < 0) return
         digest.update(buf, 0, k)
         n += k
         progress(n)
     }
-    return digest.digest().joinToString("") { "%02x".format(it) }
 }
+
+fun hex(bytes: ByteArray): String = bytes.joinToString("") { "%02x".format(it) }
 
 private fun sameBytes(a: InputStream, b: InputStream): Boolean {
     val x = ByteArray(CHUNK)

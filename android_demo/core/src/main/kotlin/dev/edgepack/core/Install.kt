@@ -109,7 +109,7 @@ object Installer {
         if (dest.length() > entry.size) dest.delete()
         val digest = MessageDigest.getInstance("SHA-256")
         var have = if (dest.exists()) dest.length() else 0L
-        if (have > 0) FileInputStream(dest).use { sha256Into(it, digest) }
+        if (have > 0) FileInputStream(dest).use { digestAll(it, digest) }
         if (have < entry.size) {
             val opened = source.open(entry.path, have)
             if (opened.fromStart) { // the source can't resume: start this file again
@@ -132,19 +132,9 @@ object Installer {
             }
         }
         if (have != entry.size) throw IOException("${entry.path}: the source ended at $have of ${entry.size} bytes")
-        val hex = digest.digest().joinToString("") { "%02x".format(it) }
-        if (hex != entry.sha256) {
+        if (hex(digest.digest()) != entry.sha256) {
             dest.delete() // not worth resuming: start it again next time
             throw BundleError("bundle file $dest fails its sha256 check (altered or corrupt)")
-        }
-    }
-
-    private fun sha256Into(input: InputStream, digest: MessageDigest) {
-        val buf = ByteArray(1 shl 20)
-        while (true) {
-            val k = input.read(buf)
-            if (k < 0) return
-            digest.update(buf, 0, k)
         }
     }
 
