@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
@@ -219,3 +220,44 @@ def gguf_plan(source: Path, fmt: str, quant: str) -> dict:
     src = _opened(source)  # planned as bundle_270m exports it: the CLI's defaults
     p = plan_export(src.family, src.config, recipes.load(quant), fmt, DEFAULT_CONTEXT, DEFAULT_PREFILL, src.storage)
     return {n: (t.bits, t.block, t.how) for n, t in p.tensors.items()}
+
+
+# --- audio (Gemma 3n) ---------------------------------------------------------------------------
+
+AUDIO_CONTEXT = 512  # two clips of 190 tokens, a prompt's text and 32 new tokens
+SENTENCES = ("The capital of France is Paris.", "Seven apples")
+
+
+@pytest.fixture(scope="session")
+def wavs(tmp_path_factory) -> list[Path]:
+    """espeak-ng's speech: the first clip at 22,050 Hz as espeak writes it (the runtime resamples
+    it), the second, shorter, at 16 kHz."""
+    if not (shutil.which("sox") and shutil.which("espeak-ng")):
+        pytest.skip("sox and espeak-ng are missing (scripts/setup installs them with apt)")
+    folder = tmp_path_factory.mktemp("clips")
+    out = []
+    for k, text in enumerate(SENTENCES):
+        raw = folder / f"raw{k}.wav"
+        subprocess.run(["espeak-ng", "-w", str(raw), text], check=True, capture_output=True)
+        if k:
+            subprocess.run(["sox", str(raw), "-r", "16000", str(folder / f"clip{k}.wav")], check=True)
+            raw = folder / f"clip{k}.wav"
+        out.append(raw)
+    return out
+
+
+@pytest.fixture(scope="session")
+def audio_checkpoint(shared, checkpoint) -> Path:
+    from checkpoints import with_gemma3n_template
+
+    return shared("ckpt-gemma3n_audio", lambda out: with_gemma3n_template(out, checkpoint("gemma3n_multimodal")))
+
+
+@pytest.fixture(scope="session")
+def audio_bundles(shared, audio_checkpoint):
+    from edgepack.converters.export import ExportOptions, export
+
+    def get(fmt: str) -> Path:
+        opts = ExportOptions(format=fmt, max_context=AUDIO_CONTEXT)
+        return shared(f"bundle-gemma3n_audio-{fmt}-none", lambda out: export(audio_checkpoint, out, opts, log=lambda m: None))
+    return get

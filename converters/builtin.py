@@ -26,14 +26,33 @@ def gemma_tokenizer_json(vocab_size: int = 262_144) -> str:
     return extend_vocab(tokenizer_json(gemma_gguf()), vocab_size)
 
 
+# Where Gemma 3n's tokenizer differs from Gemma 3's (ids and names from transformers'
+# Gemma3nConfig and Gemma3nProcessor): id 256,000 is <start_of_audio> (Gemma 3: <end_of_image>),
+# and the 256 ids past Gemma 3's 262,144 hold the image and audio markers.
+GEMMA3N_SPECIALS = {256_000: "<start_of_audio>", 262_144: "<end_of_image>", 262_145: "<image_soft_token>",
+                    262_272: "<end_of_audio>", 262_273: "<audio_soft_token>"}
+
+
 def extend_vocab(tokenizer_json: str, size: int) -> str:
-    """Adds special tokens `<unused_mm_N>` until the vocabulary has `size` entries."""
+    """Gemma's tokenizer grown to `size` entries with special tokens; grown to Gemma 3n's 262,400
+    it carries Gemma 3n's audio and image markers (GEMMA3N_SPECIALS), the other new ids
+    `<unused_mm_N>`."""
+    import json
+
     from tokenizers import AddedToken, Tokenizer
 
-    tok = Tokenizer.from_str(tokenizer_json)
-    extra = size - tok.get_vocab_size()
-    if extra > 0:
-        tok.add_special_tokens([AddedToken(f"<unused_mm_{i}>", special=True) for i in range(extra)])
+    raw = json.loads(tokenizer_json)
+    if size == 262_400:
+        renamed = GEMMA3N_SPECIALS[256_000]
+        old = next(a for a in raw["added_tokens"] if a["id"] == 256_000)
+        raw["model"]["vocab"][renamed] = raw["model"]["vocab"].pop(old["content"])
+        old["content"] = renamed
+    tok = Tokenizer.from_str(json.dumps(raw))
+    first = tok.get_vocab_size()
+    names = [GEMMA3N_SPECIALS.get(i, f"<unused_mm_{i - first}>") if size == 262_400 else f"<unused_mm_{i - first}>"
+             for i in range(first, size)]
+    if names:
+        tok.add_special_tokens([AddedToken(n, special=True) for n in names])
     return tok.to_str()
 
 

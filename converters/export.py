@@ -17,6 +17,7 @@ from edgepack import bundle, plan
 from edgepack.tflite_table import lookup_table
 from edgepack.converters import lowered, matformer, quant_plan, recipes, row_tables, sources
 from edgepack.converters.decoder import load_weights
+from edgepack.converters.models import gemma3n_audio
 from edgepack.converters.planner import ExportPlan, plan_export
 from edgepack.converters.progress import Stages
 from edgepack.converters.source import Source
@@ -62,7 +63,7 @@ def export(source: str | Path, out: str | Path, opts: ExportOptions, log=print) 
         log(f"notice: skipping non-text components for now: {', '.join(src.skipped)}")
     context = opts.max_context or min(DEFAULT_CONTEXT, int(src.config.get("max_position_embeddings", DEFAULT_CONTEXT)))
     prefill = opts.prefill_len or min(DEFAULT_PREFILL, context)
-    p = plan_export(src.family, src.config, recipe, opts.format, context, prefill, src.storage)
+    p = plan_export(src.family, src.config, recipe, opts.format, context, prefill, src.storage, src.audio)
     stages = Stages(opts.verbose, log)
     # ONNX takes the quantized modules as they are read; TFLite converts the float graph and
     # quantizes the flatbuffer after (tflite_quant), piecewise families a piece at a time, each
@@ -98,6 +99,7 @@ def export(source: str | Path, out: str | Path, opts: ExportOptions, log=print) 
             tokenizer=plan.Tokenizer("tokenizer.json", src.bos_id, True, stop_ids),
             chat_template=src.chat_template,
             files=files,
+            audio=written.get("audio"),
         ))
     stages.finish()
     log(f"wrote {out} ({opts.format}) in {time.time() - t0:.0f} s")
@@ -107,17 +109,53 @@ def export(source: str | Path, out: str | Path, opts: ExportOptions, log=print) 
 def _write_onnx(stage: Path, p: ExportPlan, src: Source, stages: Stages) -> dict:
     from edgepack.converters import onnx_export
 
+    audio = p.audio_settings
     with stages.stage("lowering to ONNX"):
         onnx_export.export(p.decoder, p.config, p.max_context, p.graph.cache_lengths, stage / p.graph.file,
-                           per_layer=p.family.per_layer_input("onnx"))
+                           per_layer=p.family.per_layer_input("onnx"),
+                           multimodal_offset=audio.multimodal_offset if audio else None)
     files = [(p.graph.file, "graph"), (p.graph.file + ".data", "weights")]
-    row_stores = {}
+    row_stores, written = {}, {}
+    p.decoder = None  # the text graph's weights go before the audio tower's are read
+    if p.audio is not None:
+        files += _write_audio(stage, p, src, stages, row_stores)
+        written["audio"] = _audio_entry(gemma3n_audio.ENCODER_FILE, p, src)
     for name, table in p.tables.items():
         with stages.stage(f"writing the {name.replace('_', ' ')} store"):
             row_stores[name] = row_tables.write(stage / f"{name}.bin", src.row_chunks(table.tensor),
                                                 p.tensors[table.tensor], table.scale(p.config))
         files.append((f"{name}.bin", name))
-    return {"files": files, "row_stores": row_stores}
+    return written | {"files": files, "row_stores": row_stores}
+
+
+def _write_audio(stage: Path, p: ExportPlan, src: Source, stages: Stages, row_stores: dict) -> list[tuple[str, str]]:
+    """The audio encoder graph, quantized as its weights are read (its weights are apart from the
+    text graph's, read after it is written: the export's peak stays the text graph's), and
+    embed_audio's vocabulary as a float row store."""
+    from edgepack.converters import onnx_export
+
+    name = gemma3n_audio.ENCODER_FILE
+    quantized = {n: t for n, t in p.tensors.items() if t.bits != 32}
+    with stages.stage("reading the audio tower and lowering it to ONNX"):
+        load_weights(p.audio, src, quantized, progress=stages.console)
+        onnx_export.export_audio(p.audio, stage / name)
+    return [(name, "audio_encoder"), (name + ".data", "audio_weights"), _write_audio_vocab(stage, p, row_stores)]
+
+
+def _write_audio_vocab(stage: Path, p: ExportPlan, row_stores: dict) -> tuple[str, str]:
+    """embed_audio over its own vocabulary as a float row store; the audio graph's weights go after."""
+    table = p.audio.vocab_table(p.audio_settings)
+    store = gemma3n_audio.VOCAB_STORE
+    row_stores[store] = row_tables.write(stage / f"{store}.bin", [table], quant_plan.TensorPlan(
+        store, "audio_tower", table.shape, "F32", 32, 0, "float"), 1.0)
+    p.audio = None
+    return f"{store}.bin", store
+
+
+def _audio_entry(encoder: str, p: ExportPlan, src: Source) -> plan.Audio:
+    a = p.audio_settings
+    return plan.Audio(encoder, gemma3n_audio.VOCAB_STORE, a.soft_tokens, a.start_id, a.soft_id, a.end_id,
+                      a.vocab_offset, a.multimodal_offset, src.audio["preprocessor"] or {})
 
 
 def _write_litertlm(stage: Path, p: ExportPlan, src: Source, stop_ids: list[int], stages: Stages,
@@ -152,12 +190,24 @@ def _write_litertlm(stage: Path, p: ExportPlan, src: Source, stop_ids: list[int]
                 models[table.signature] = work / f"{table.signature}.tflite"
                 litertlm_pieces.export_table_model(lambda rows, t=table: t.module(rows, p.config), table.tensor, src,
                                                    p.tensors[table.tensor], table.signature, models[table.signature])
+    extra, audio, row_stores = [], None, {}
+    if p.audio is not None:
+        with stages.stage(f"reading the audio tower and lowering it to TFLite ({gemma3n_audio.ENCODER_FRAMES} frames)"):
+            load_weights(p.audio, src, progress=stages.console)
+            models |= lx.convert_audio(p.audio, p.audio_settings.end_id, work)
+        audio_plans = {n: t for n, t in p.tensors.items() if t.component == "audio_tower" and t.bits != 32}
+        if audio_plans:
+            with stages.stage("quantizing the audio tower with ai-edge-quantizer"):
+                weights = {n: w.detach().numpy() for n, w in p.audio.named_parameters()}
+                for name in ("audio_encoder", "audio_adapter"):
+                    tflite_quant.quantize_file(models[name], audio_plans, weights)
+        audio = _audio_entry(p.graph.file, p, src)
+        extra.append(_write_audio_vocab(stage, p, row_stores))
     metadata = lx.llm_metadata(p.family.litertlm_model_type, src.bos_id, stop_ids, p.max_context, src.chat_template)
     with stages.stage("packaging model.litertlm"):
         lx.package(stage / p.graph.file, work, stage / "tokenizer.json", metadata, models)
 
     sections = [plan.Section(**s) for s in lx.read_sections(stage / p.graph.file)]
-    row_stores = {}
     for name, table in p.tables.items():  # where each table's rows sit inside the .litertlm
         sec = next(s for s in sections if s.model_type == table.section)
         where = lookup_table(models[table.signature].read_bytes())
@@ -165,4 +215,5 @@ def _write_litertlm(stage: Path, p: ExportPlan, src: Source, stop_ids: list[int]
             "file": p.graph.file, "offset": sec.offset + where["offset"], "scale": table.scale(p.config),
             **({"scales_offset": sec.offset + where["scales_offset"]} if "scales_offset" in where else {})})
     shutil.rmtree(work)
-    return {"files": [(p.graph.file, "litertlm")], "sections": sections, "row_stores": row_stores}
+    return {"files": [(p.graph.file, "litertlm"), *extra], "sections": sections, "row_stores": row_stores,
+            "audio": audio}

@@ -2,7 +2,9 @@
 
 Sections: LlmMetadataProto (start/stop tokens, model type, context), HF_Tokenizer_Zlib, the main
 `tf_lite_prefill_decode` model (signatures `prefill_<N>` and `decode`), and for Gemma 3n the
-`tf_lite_embedder` and `tf_lite_per_layer_embedder` models that LiteRT-LM runs on the CPU.
+`tf_lite_embedder` and `tf_lite_per_layer_embedder` models that LiteRT-LM runs on the CPU, and
+with an audio tower `tf_lite_audio_encoder_hw`, `tf_lite_audio_adapter` and `tf_lite_end_of_audio`
+(LiteRT-LM's audio executor: runtime/executor/audio_litert_compiled_model_executor.cc).
 
 The embedders' tables are plain constant buffers; their byte offsets inside the `.litertlm` go in
 edgepack's manifest, so edgepack's runtime memory-maps the rows instead of running those graphs
@@ -68,6 +70,27 @@ def convert_single(module: torch.nn.Module, signature: str, out: Path) -> None:
     litert_torch.signature(signature, module, sample_kwargs=sample).convert().export(str(out))
 
 
+def convert_audio(graph, end_id: int, work: Path) -> dict[str, Path]:
+    """Gemma 3n's audio sections (models/gemma3n_audio.py): encoder, adapter, end-of-audio."""
+    import litert_torch
+
+    from edgepack.converters.models import gemma3n_audio as ga
+
+    frames = torch.zeros(1, ga.ENCODER_FRAMES, graph.model.audio_tower.config.input_feat_size)
+    valid = torch.ones(1, ga.ENCODER_FRAMES, dtype=torch.bool)
+    encoder = ga.LiteRtEncoder(graph).eval()
+    out = {name: work / f"{name}.tflite" for name in ("audio_encoder", "audio_adapter", "end_of_audio")}
+    with torch.no_grad(), ga.tflite_friendly():
+        sample = encoder(frames, valid)
+        litert_torch.signature("audio_encoder", encoder, sample_kwargs={"src_inputs": frames, "mask": valid}) \
+            .convert().export(str(out["audio_encoder"]))
+    litert_torch.signature("audio_adapter", ga.LiteRtAdapter(graph).eval(), sample_kwargs={
+        "audio_mask": sample["mask"], "features": sample["features"]}).convert().export(str(out["audio_adapter"]))
+    litert_torch.signature("end_of_audio", ga.LiteRtEndOfAudio(graph, end_id).eval(), sample_kwargs={}) \
+        .convert().export(str(out["end_of_audio"]))
+    return out
+
+
 def llm_metadata(model_type: str, bos: int, stop_ids: list[int], max_tokens: int, chat_template: str | None):
     from litert_lm_builder.runtime.proto import llm_metadata_pb2, llm_model_type_pb2
 
@@ -97,6 +120,9 @@ def package(out: Path, work: Path, tokenizer_json: Path, metadata, models: dict[
         "prefill_decode": lb.TfLiteModelType.PREFILL_DECODE,
         "embedder": lb.TfLiteModelType.EMBEDDER,
         "per_layer_embedder": lb.TfLiteModelType.PER_LAYER_EMBEDDER,
+        "audio_encoder": lb.TfLiteModelType.AUDIO_ENCODER_HW,
+        "audio_adapter": lb.TfLiteModelType.AUDIO_ADAPTER,
+        "end_of_audio": lb.TfLiteModelType.END_OF_AUDIO,
     }
     for name, path in models.items():
         builder.add_tflite_model(str(path), kinds[name])

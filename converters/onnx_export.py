@@ -24,11 +24,14 @@ STACK_TRACE = "pkg.torch.onnx.stack_trace"
 class _FlatSignature(torch.nn.Module):
     """Positional, flat inputs so the ONNX graph gets exactly the contract's names."""
 
-    def __init__(self, model, cache_layers: list[int], per_layer: bool):
+    def __init__(self, model, cache_layers: list[int], per_layer: bool, multimodal_offset: int | None):
         super().__init__()
         self.model, self.cache_layers, self.per_layer = model, cache_layers, per_layer
+        self.multimodal_offset = multimodal_offset
 
     def forward(self, tokens, *rest):
+        if self.multimodal_offset is not None:
+            multimodal, *rest = rest
         if self.per_layer:
             per_layer_embeddings, input_pos, mask, *caches = rest
         else:
@@ -36,7 +39,12 @@ class _FlatSignature(torch.nn.Module):
         kv = {}
         for j, i in enumerate(self.cache_layers):
             kv[f"k_{i}"], kv[f"v_{i}"] = caches[2 * j], caches[2 * j + 1]
-        if self.per_layer:
+        if self.multimodal_offset is not None:
+            # as transformers' Gemma3nModel: ids from the multimodal offset on take the embedding a
+            # multimodal embedder gives them (the runtime's, audio soft tokens included)
+            x = torch.where((tokens >= self.multimodal_offset)[..., None], multimodal, self.model.embed(tokens))
+            out = self.model(per_layer_embeddings, input_pos, mask, kv, embeddings=x)
+        elif self.per_layer:
             out = self.model(per_layer_embeddings, input_pos, mask, kv, tokens=tokens)
         else:
             out = self.model(tokens, input_pos, mask, kv)
@@ -47,13 +55,19 @@ def output_names(cache_layers: list[int]) -> list[str]:
     return ["logits"] + [contract.kv_slice_name(n) for n in contract.cache_names(cache_layers)]
 
 
-def export(model, cfg, context: int, lengths: list[int], out: Path, per_layer: bool) -> None:
-    """The graph with `per_layer`: the family's per-layer embeddings as an input (models/family.py)."""
-    flat = _FlatSignature(model, cfg.cache_layers, per_layer).eval()
+def export(model, cfg, context: int, lengths: list[int], out: Path, per_layer: bool,
+           multimodal_offset: int | None = None) -> None:
+    """The graph with `per_layer`: the family's per-layer embeddings as an input (models/family.py);
+    with `multimodal_offset`: `multimodal_embeddings` [1, T, hidden] as an input, the embedding of
+    each token whose id is at or past the offset."""
+    flat = _FlatSignature(model, cfg.cache_layers, per_layer, multimodal_offset).eval()
     t = 3  # any length > 1, so the exporter keeps the sequence dimension symbolic
     pos = torch.arange(t, dtype=torch.int32)
     args = [torch.ones(1, t, dtype=torch.int32)]
     names = ["tokens"]
+    if multimodal_offset is not None:
+        args.append(torch.zeros(1, t, cfg.hidden_size))
+        names.append(contract.MULTIMODAL_INPUT)
     if per_layer:
         args.append(torch.zeros(1, t, cfg.num_hidden_layers, cfg.hidden_size_per_layer_input))
         names.append("per_layer_embeddings")
@@ -64,7 +78,7 @@ def export(model, cfg, context: int, lengths: list[int], out: Path, per_layer: b
     names += list(shapes)
 
     seq = torch.export.Dim("seq", min=1, max=context)
-    dyn = {"tokens": {1: seq}, "input_pos": {0: seq}, "mask": {2: seq}}
+    dyn = {"tokens": {1: seq}, "input_pos": {0: seq}, "mask": {2: seq}, contract.MULTIMODAL_INPUT: {1: seq}}
     if per_layer:
         dyn["per_layer_embeddings"] = {1: seq}
     dynamic_shapes = [dyn.get(name) for name in names]
@@ -76,6 +90,25 @@ def export(model, cfg, context: int, lengths: list[int], out: Path, per_layer: b
             dynamic_shapes=rest_shapes, optimize=True, verbose=False,
             custom_translation_table=onnx_quant.TRANSLATIONS,
         )
+    _save(program, out)
+
+
+def export_audio(graph, out: Path) -> None:
+    """Gemma 3n's audio graph (models/gemma3n_audio.AudioGraph): `input_features` [1, T, mel bins]
+    and `input_features_mask` [1, T] (true where valid) in, any T from one encoder chunk to 30 s;
+    `audio_embeddings` [1, T', hidden] and `audio_mask` [1, T'] out."""
+    frames = torch.export.Dim("frames", min=32, max=4096)
+    sample = (torch.zeros(1, 256, graph.model.audio_tower.config.input_feat_size), torch.ones(1, 256, dtype=torch.bool))
+    with torch.no_grad():
+        program = torch.onnx.export(
+            graph, sample, dynamo=True, input_names=["input_features", "input_features_mask"],
+            output_names=["audio_embeddings", "audio_mask"],
+            dynamic_shapes={"features": {1: frames}, "mask": {1: frames}}, optimize=True, verbose=False,
+            custom_translation_table=onnx_quant.TRANSLATIONS)
+    _save(program, out)
+
+
+def _save(program, out: Path) -> None:
     _drop_stack_traces(program.model)
     program.save(str(out), external_data=True)
 

@@ -20,6 +20,7 @@ from edgepack.converters.quant_plan import TensorPlan
 from edgepack.errors import EdgepackError
 
 GRAPH_FILES = {"litertlm": "model.litertlm", "onnx": "model.onnx"}
+AUDIO = "audio_tower"  # the recipe component of the audio graph's weights (apart from the main graph's)
 
 
 @dataclasses.dataclass
@@ -34,6 +35,8 @@ class ExportPlan:
     graph: plan.Graph  # sections are known once the .litertlm is packaged
     tensors: dict[str, TensorPlan]  # every matrix of the graph and every table, by checkpoint name
     tables: dict[str, Table]  # row store name -> table kept out of the graph
+    audio: Any = None  # Gemma 3n's audio graph (models/gemma3n_audio.AudioGraph), empty weights
+    audio_settings: Any = None  # its gemma3n_audio.AudioSettings
 
     @property
     def quantized(self) -> bool:
@@ -56,14 +59,16 @@ class ExportPlan:
         outside = {t.tensor for t in self.tables.values()}
         head = self.tensors.get(quant_plan.LM_HEAD, self.tensors.get(quant_plan.EMBEDDING))
         matrices = sum(p.nbytes for n, p in self.tensors.items()
-                       if n not in outside | {quant_plan.EMBEDDING, quant_plan.LM_HEAD})
+                       if n not in outside | {quant_plan.EMBEDDING, quant_plan.LM_HEAD} and p.component != AUDIO)
         return vectors + (head.nbytes if head else 0) + matrices
 
 
 def plan_export(family: Family, hf_config: dict, recipe: recipes.Recipe, fmt: str, max_context: int,
-                prefill_len: int, storage: Callable[[str], str] = lambda name: "BF16") -> ExportPlan:
+                prefill_len: int, storage: Callable[[str], str] = lambda name: "BF16",
+                audio: dict | None = None) -> ExportPlan:
     """The plan for a bundle of `fmt` from a checkpoint of `family` whose text config is `hf_config`
-    and whose tensors are stored as `storage(name)` says ("BF16", "Q4_K", ...)."""
+    and whose tensors are stored as `storage(name)` says ("BF16", "Q4_K", ...). `audio`: a Gemma 3n
+    checkpoint's audio (Source.audio), exported beside the text graph."""
     import torch
 
     if fmt not in plan.FORMATS:
@@ -83,6 +88,15 @@ def plan_export(family: Family, hf_config: dict, recipe: recipes.Recipe, fmt: st
     for t in tables.values():  # a table outside the graph: [vocab, width] from the config
         shapes.setdefault(t.tensor, t.shape(cfg))
     tensors = quant_plan.plan_all(shapes, recipe, fmt, storage, head_apart="embeddings" in tables)
+    audio_graph = settings = None
+    if audio is not None:
+        from edgepack.converters.models import gemma3n_audio
+
+        settings = gemma3n_audio.AudioSettings.from_hf(audio["config"])
+        audio_graph = gemma3n_audio.AudioGraph(audio["config"]["audio_config"], hf_config)
+        params = dict(audio_graph.named_parameters())
+        tensors |= quant_plan.plan_all({n: tuple(params[n].shape) for n in audio_graph.graph_params()},
+                                       recipe, fmt, storage, head_apart=False)
     # A graph call writes up to `chunk` new K/V before its first query attends (contract.cache_lengths).
     chunk = prefill_len if fmt == "litertlm" else 1
     graph = plan.Graph(
@@ -90,4 +104,5 @@ def plan_export(family: Family, hf_config: dict, recipe: recipes.Recipe, fmt: st
         inputs=family.graph_input(fmt), cache_layers=cfg.cache_layers,
         cache_lengths=contract.cache_lengths(cfg.layer_types, cfg.cache_layers, cfg.sliding_window, max_context, chunk),
         num_kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim, vocab_size=cfg.vocab_size)
-    return ExportPlan(family, cfg, recipe, fmt, max_context, prefill_len, decoder, graph, tensors, tables)
+    return ExportPlan(family, cfg, recipe, fmt, max_context, prefill_len, decoder, graph, tensors, tables,
+                      audio_graph, settings)

@@ -15,6 +15,7 @@ user's own). Components, by the checkpoint's tensor names:
     mlp              mlp.{gate,up,down}_proj
     per_layer        per_layer_input_gate, per_layer_projection, per_layer_model_projection
     altup_laurel     altup.* and laurel.* matrices, altup_projections, altup_unembed_projections
+    audio_tower      Gemma 3n's audio encoder (model.audio_tower.*) and embed_audio's projection
 
 Each component: `bits` (4, 8, or 32 = float), `block` (0 = one scale per output channel / table
 row, else 32, 64 or 128 weights per scale) and optionally `onnx_block` (onnxruntime's MatMulNBits
@@ -33,11 +34,12 @@ from pathlib import Path
 from edgepack.errors import EdgepackError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
-COMPONENTS = ("embedding", "lm_head", "per_layer_table", "attention", "mlp", "per_layer", "altup_laurel")
+COMPONENTS = ("embedding", "lm_head", "per_layer_table", "attention", "mlp", "per_layer", "altup_laurel", "audio_tower")
 _BLOCKS = (0, 16, 32, 64, 128)
 
 # component -> pattern on the checkpoint's (HF) tensor name
 _PATTERNS = {
+    "audio_tower": r"^model\.(audio_tower|embed_audio)\.",
     "embedding": r"(^|\.)embed_tokens\.weight$",
     "lm_head": r"^lm_head\.weight$",
     "per_layer_table": r"(^|\.)embed_tokens_per_layer\.weight$",

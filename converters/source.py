@@ -37,6 +37,9 @@ class Source:
     raw: Callable[[str], object] | None = None
     shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)  # HF name -> shape
     read_rows: Callable[[str, int, int], np.ndarray] | None = None  # rows [start, stop) as float32
+    # Gemma 3n with an audio tower: {"config": the whole config.json, "preprocessor": its
+    # preprocessor_config.json or None}; the tower's tensors read by their own names
+    audio: dict | None = None
 
     def row_chunks(self, name: str, max_bytes: int = 64 << 20):
         """A 2-D tensor as float32 row blocks of at most `max_bytes`, read one at a time, so a

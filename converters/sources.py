@@ -10,10 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.converters import families
+from edgepack.converters.models.gemma3n_audio import EMBEDDER, TOWER
 from edgepack.converters.gguf_source import open_gguf
 from edgepack.converters.safetensors_file import SafetensorsFile
 from edgepack.converters.source import Source
 from edgepack.errors import EdgepackError
+
+
+AUDIO_PREFIXES = (TOWER, EMBEDDER)
 
 
 def open_source(path: str | Path) -> Source:
@@ -56,6 +60,8 @@ def _open_hf_dir(p: Path) -> Source:
         for name in h.tensors:
             if name.startswith(prefix):
                 where["model." + name[len(prefix):]] = (h, name)
+            elif name.startswith(AUDIO_PREFIXES) and isinstance(full.get("audio_config"), dict):
+                where[name] = (h, name)  # Gemma 3n's audio tower and embedder, by their own names
             elif not name.startswith("lm_head"):
                 skipped.add(name.split(".")[1] if name.startswith("model.") else name.split(".")[0])
 
@@ -78,8 +84,24 @@ def _open_hf_dir(p: Path) -> Source:
 
     tokenizer_json, template = _hf_tokenizer(p)
     shapes = {name: h.shape(key) for name, (h, key) in where.items()}
+    audio = None
+    if any(n.startswith(AUDIO_PREFIXES) for n in where):
+        audio = {"config": full, "preprocessor": _json_object(p / "preprocessor_config.json")}
     return Source(p, family, arch, config, read, lambda: tokenizer_json, template, sorted(skipped), "safetensors",
-                  storage, shapes=shapes, read_rows=read_rows)
+                  storage, shapes=shapes, read_rows=read_rows, audio=audio)
+
+
+def _json_object(path: Path) -> dict | None:
+    """A JSON object file, or None when there is none."""
+    if not path.exists():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise EdgepackError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise EdgepackError(f"{path}: a JSON object is expected")
+    return raw
 
 
 def _hf_tokenizer(p: Path) -> tuple[str, str | None]:

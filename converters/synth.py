@@ -113,5 +113,9 @@ def synth(preset: str, out: Path, seed: int = 0, towers: bool = True, force: boo
             tqdm(total=total, unit="param", unit_scale=True, desc="writing", disable=None) as bar:  # a terminal only
         write_shards(stage, {name: ("BF16", shape) for name, shape in shapes.items()}, values, bar.update)
         (stage / "tokenizer.json").write_text(gemma_tokenizer_json(config.get("text_config", config)["vocab_size"]))
+        if "audio_config" in config and towers:  # the audio frontend's settings, as the real checkpoints ship them
+            from transformers import Gemma3nAudioFeatureExtractor
+
+            Gemma3nAudioFeatureExtractor().to_json_file(stage / "preprocessor_config.json")
         (stage / "config.json").write_text(json.dumps(config, indent=2))  # last: marks the checkpoint complete
     return Path(out)

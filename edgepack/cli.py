@@ -81,13 +81,16 @@ def _run(a) -> None:
     sampling = SamplingParams(a.temperature, a.top_k, a.top_p, a.seed).validate()
     check_max_new_tokens(a.max_new_tokens)
     check_text(a.prompt, "--prompt")
+    from edgepack.runtime.audio import load_speech
     from edgepack.runtime.row_store import StoreOptions
+
+    clips = [load_speech(path) for path in a.audio or []]  # a bad WAV fails before the load
 
     stores = StoreOptions(a.ple_cache_mb, a.ple_advice)
     gen = Generator(a.bundle, threads=a.threads, verify=not a.no_verify, memory_check=not a.no_memory_check,
                     stores=stores, trusted_keys=a.trusted_key)
     pieces = []
-    for piece in gen.stream(a.prompt, a.max_new_tokens, sampling, chat=a.chat):
+    for piece in gen.stream(a.prompt, a.max_new_tokens, sampling, chat=a.chat, audio=clips):
         if a.json:
             pieces.append(piece)
             continue
@@ -313,6 +316,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1]; 1 = off")
     r.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     r.add_argument("--chat", action="store_true", help="wrap the prompt in the bundle's chat template")
+    r.add_argument("--audio", action="append", metavar="FILE.wav",
+                   help="Gemma 3n with audio (ONNX bundles): a speech clip placed before the prompt's text, "
+                        "e.g. --audio talk.wav --prompt 'Transcribe this audio.'; WAV, 8-48 kHz, at most 30 s; "
+                        "repeatable (clips in order)")
     r.add_argument("--stats", action="store_true",
                    help="end with one line on stderr: bundle size, load time, time to first token, decode "
                         "tok/s, peak memory")

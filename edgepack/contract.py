@@ -19,6 +19,9 @@ DECODE = "decode"
 DYNAMIC_PREFILL_CHUNK = 128
 EMBEDDER_SIGNATURE = "embedder"
 PER_LAYER_EMBEDDER_SIGNATURE = "per_layer_embedder"
+# An ONNX Gemma 3n graph of a bundle with audio: the embeddings of multimodal tokens (audio soft
+# tokens, <end_of_audio>), [1, T, hidden]; the graph reads row t where token t is multimodal.
+MULTIMODAL_INPUT = "multimodal_embeddings"
 
 
 def prefill_signature(length: int) -> str:

@@ -53,6 +53,7 @@ class Footprint:
     parts: dict[str, int]  # steady-state bytes per part, during generation
     parse_peak: int  # bytes while the tokenizer is parsed (before the engine loads)
     engine: str
+    audio: int = 0  # what the audio encoder adds once a prompt has audio (loaded on first use)
 
     @property
     def peak(self) -> int:
@@ -62,10 +63,18 @@ class Footprint:
         out = [f"  {name:<12} {n / MiB:>10,.1f} MiB" for name, n in self.parts.items()]
         why = " (while parsing the tokenizer)" if self.parse_peak > sum(self.parts.values()) else ""
         out.append(f"  {'peak':<12} {self.peak / MiB:>10,.1f} MiB{why}")
+        if self.audio:
+            out.append(f"  {'with audio':<12} {self.peak_with_audio / MiB:>10,.1f} MiB (the audio encoder's weights, "
+                       f"+{self.audio / MiB:,.1f} MiB, once a prompt has audio)")
         return out
 
+    @property
+    def peak_with_audio(self) -> int:
+        return max(sum(self.parts.values()) + self.audio, self.parse_peak)
+
     def as_dict(self) -> dict:
-        return {"engine": self.engine, "peak": self.peak, "parse_peak": self.parse_peak, "parts": self.parts}
+        return {"engine": self.engine, "peak": self.peak, "parse_peak": self.parse_peak, "parts": self.parts,
+                **({"audio": self.audio, "peak_with_audio": self.peak_with_audio} if self.audio else {})}
 
 
 def engine_kind(b: Bundle) -> str:
@@ -82,6 +91,10 @@ def predict(b: Bundle, engine: str | None = None, row_cache_mb: float = 0.0) -> 
         row_stores=p.row_stores, kv_bytes=b.cache_bytes, config=p.model.config,
         prefill_lengths=p.graph.prefill_lengths, vocab_size=p.graph.vocab_size, context=b.max_context,
         tokenizer_bytes=p.file_entry(p.tokenizer.file).size)
+    if p.audio is not None and fp.engine == "onnx":  # weights as onnxruntime holds them, the vocabulary rows
+        weights = sum(f.size for f in p.files if f.role == "audio_weights")
+        vocab = p.row_stores[p.audio.vocab_store]
+        fp.audio = int(weights * WEIGHT_COPIES["onnx"][p.precision.quantization != "none"]) + vocab.rows * vocab.row_bytes
     ple = p.row_stores.get("per_layer_embeddings")
     if ple and row_cache_mb:
         row = 4 * ple.cols

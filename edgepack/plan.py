@@ -148,6 +148,21 @@ class Model:
 
 
 @dataclasses.dataclass(frozen=True)
+class Audio:
+    """Gemma 3n's audio path in an ONNX bundle: the encoder graph, the row store of embed_audio's
+    own vocabulary (row r is id vocab_offset + r), and how a clip goes into a prompt."""
+    encoder: str = dataclasses.field(**_meta(path=True))
+    vocab_store: str  # a key of row_stores
+    soft_tokens: int = dataclasses.field(**_meta(min=1, max=4096))  # per clip
+    start_id: int = dataclasses.field(**_meta(min=0))  # <start_of_audio>
+    soft_id: int = dataclasses.field(**_meta(min=0))  # <audio_soft_token>
+    end_id: int = dataclasses.field(**_meta(min=0))  # <end_of_audio>
+    vocab_offset: int = dataclasses.field(**_meta(min=0))
+    multimodal_offset: int = dataclasses.field(**_meta(min=0))  # the graph's multimodal ids start here
+    features: dict  # the log-mel frontend's settings (runtime/audio.py MelConfig, checked there)
+
+
+@dataclasses.dataclass(frozen=True)
 class BundlePlan:
     """A whole bundle. `files` lists every file with its size and sha256; every other path in the
     plan must be one of them."""
@@ -161,19 +176,22 @@ class BundlePlan:
     chat_template: str | None
     files: list[FileEntry]
     created_by: str = "edgepack"
+    audio: Audio | None = None
 
     def to_manifest(self) -> dict:
         """The manifest.json document, keys in the order edgepack has always written them."""
         body = dataclasses.asdict(self)
         if body["graph"]["sections"] is None:
             del body["graph"]["sections"]
+        if body["audio"] is None:
+            del body["audio"]
         for store in body["row_stores"].values():
             for key in ("block", "scales_offset"):
                 if store[key] is None:
                     del store[key]
         order = ("created_by", "runtime_format", "model", "max_context", "graph", "precision", "row_stores",
-                 "tokenizer", "chat_template", "files")
-        return {"format": FORMAT_NAME, "schema_version": SCHEMA_VERSION, **{k: body[k] for k in order}}
+                 "tokenizer", "chat_template", "audio", "files")
+        return {"format": FORMAT_NAME, "schema_version": SCHEMA_VERSION, **{k: body[k] for k in order if k in body}}
 
     @classmethod
     def from_manifest(cls, raw: Any, where: str = "manifest.json") -> "BundlePlan":
@@ -212,6 +230,9 @@ class BundlePlan:
             raise EdgepackError(f"{where}: files lists a path twice")
         used = {"graph.file": g.file, "tokenizer.file": self.tokenizer.file}
         used |= {f"row_stores.{name}.file": s.file for name, s in self.row_stores.items()}
+        if self.audio is not None:
+            used["audio.encoder"] = self.audio.encoder
+            self._check_audio(where)
         for field, path in used.items():
             if path not in listed:
                 raise EdgepackError(f"{where}: {field} {path!r} is not listed in files (unverifiable)")
@@ -233,6 +254,17 @@ class BundlePlan:
             if s.file != g.file and (ranges[0][0] != 0 or sum(n for _, n in ranges) != sizes[s.file]):
                 # a store in a file of its own is exactly its codes then its scales (row_tables.py)
                 raise EdgepackError(f"{where}: row_stores.{name} does not cover {s.file} as its layout says")
+
+    def _check_audio(self, where: str) -> None:
+        a, vocab = self.audio, self.graph.vocab_size
+        store = self.row_stores.get(a.vocab_store)
+        if store is None:
+            raise EdgepackError(f"{where}: audio.vocab_store {a.vocab_store!r} is not one of row_stores")
+        if store.dtype != "float32" or store.cols != self.model.setting("hidden_size"):
+            raise EdgepackError(f"{where}: audio.vocab_store must be float32 rows of the model's hidden size")
+        if any(i >= vocab for i in (a.start_id, a.soft_id, a.end_id, a.multimodal_offset)) \
+                or not a.multimodal_offset <= a.vocab_offset <= a.end_id < a.vocab_offset + store.rows:
+            raise EdgepackError(f"{where}: audio's token ids are not inside the vocabulary and its audio rows")
 
     def file_entry(self, path: str) -> FileEntry:
         return next(f for f in self.files if f.path == path)

@@ -246,6 +246,10 @@ def format_text(r: dict) -> str:
              f"{p['engine']} engine", "predicted peak:"]
     lines += [f"  {k:<12} {v / MiB:>10,.1f} MiB" for k, v in p["parts"].items()]
     lines.append(f"  {'peak':<12} {p['peak'] / MiB:>10,.1f} MiB (tokenizer parse alone: {p['parse_peak'] / MiB:,.0f} MiB)")
+    if p.get("audio"):
+        lines.append(f"  {'with audio':<12} {p['peak_with_audio'] / MiB:>10,.1f} MiB (the audio encoder's weights, "
+                     f"+{p['audio'] / MiB:,.1f} MiB, loaded when a prompt first has audio; a clip's activations "
+                     f"not counted)")
     m = r.get("measured")
     if m:
         lines.append(f"measured ({m['prompt_tokens']} prompt + {m['new_tokens']} generated tokens): peak RSS "

@@ -109,6 +109,10 @@ def load_speech(path: str | Path) -> np.ndarray:
     samples, rate = read_wav(path)
     if not RATES[0] <= rate <= RATES[1]:
         raise EdgepackError(f"{path}: {rate:,} Hz is outside {RATES[0]:,}-{RATES[1]:,} Hz")
+    if not len(samples):
+        raise EdgepackError(f"{path} has no samples")
+    if not np.any(samples):
+        raise EdgepackError(f"{path} is silent (every sample is 0)")
     if len(samples) > MAX_SECONDS * rate:
         raise EdgepackError(f"{path} is {len(samples) / rate:.1f} s long; Gemma 3n's audio encoder takes at most "
                             f"{MAX_SECONDS} s per clip: split it")
@@ -137,13 +141,40 @@ class MelConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "MelConfig":
-        """A checkpoint's preprocessor_config.json (the feature extractor's keys; others ignored)."""
-        raw = json.loads(Path(path).read_text())
+        """A checkpoint's preprocessor_config.json."""
+        try:
+            raw = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise EdgepackError(f"{path}: not a readable JSON file ({e})") from None
+        return cls.from_dict(raw, str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "features") -> "MelConfig":
+        """The feature extractor's keys (others ignored), checked: a bundle's copy is untrusted.
+        transformers saves the frame and hop in samples (`frame_length`, `hop_length`)."""
+        if not isinstance(raw, dict):
+            raise EdgepackError(f"{where}: the audio features' settings must be an object")
         if raw.get("dither", 0.0):
-            raise EdgepackError(f"{path}: dither {raw['dither']} adds random noise; edgepack's features are deterministic")
+            raise EdgepackError(f"{where}: dither {raw['dither']!r} adds random noise; edgepack's features are deterministic")
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in names}
-        return cls(**kw)
+        rate = kw.get("sampling_rate", SAMPLE_RATE)
+        for key in ("frame_length", "hop_length"):
+            if type(raw.get(key)) is int and type(rate) is int and rate > 0:
+                kw[f"{key}_ms"] = raw[key] * 1000.0 / rate
+        try:
+            cfg = cls(**kw)
+            ok = (cfg.sampling_rate == SAMPLE_RATE and 1 <= cfg.feature_size <= 512
+                  and 1 <= cfg.frame_length <= 4096 and 1 <= cfg.hop_length <= cfg.frame_length
+                  and 0 <= cfg.min_frequency < cfg.max_frequency <= cfg.sampling_rate / 2
+                  and 0 <= cfg.preemphasis < 1 and cfg.mel_floor > 0 and math.isfinite(cfg.input_scale_factor)
+                  and all(len(v or ()) in (0, cfg.feature_size) for v in (cfg.per_bin_mean, cfg.per_bin_stddev))
+                  and cfg.fft_length >= cfg.frame_length)
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise EdgepackError(f"{where}: not a 16 kHz log-mel frontend edgepack can compute")
+        return cfg
 
     @property
     def frame_length(self) -> int:
@@ -170,15 +201,16 @@ def mel_filters(cfg: MelConfig) -> np.ndarray:
     return np.maximum(np.zeros(1, np.float32), np.minimum(rising, falling))
 
 
-def log_mel(samples: np.ndarray, cfg: MelConfig = MelConfig(), pad_to: int = 128) -> tuple[np.ndarray, np.ndarray]:
+def log_mel(samples: np.ndarray, cfg: MelConfig = MelConfig(), pad_to: int = 128,
+            length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(features [frames, feature_size] float32, mask [frames] bool) of one 16 kHz clip: padded
-    with silence to a multiple of `pad_to` samples (the mask marks the frames that start in the
-    clip), framed at frame_length + 1 samples every hop, HTK pre-emphasis, a periodic Hann
+    with silence to a multiple of `pad_to` samples, or to `length` (a batch's longest clip; the
+    mask marks the frames that start in the clip), framed at frame_length + 1 samples every hop, HTK pre-emphasis, a periodic Hann
     window, |rFFT|, mel triangles, log with a floor."""
     x = np.asarray(samples, np.float32)
     if len(x) > MAX_SECONDS * cfg.sampling_rate:
         raise EdgepackError(f"{len(x) / cfg.sampling_rate:.1f} s of audio; the encoder takes at most {MAX_SECONDS} s per clip")
-    n = -(-len(x) // pad_to) * pad_to
+    n = max(length or 0, -(-len(x) // pad_to) * pad_to)
     wave = np.full(n, cfg.padding_value, np.float32)
     wave[:len(x)] = x
     valid = np.arange(n) < len(x)

@@ -66,12 +66,17 @@ def render(template: str, messages: list[dict]) -> str:
         raise EdgepackError(f"chat template: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
 
-def encode(tokenizer, template: str, messages: list[dict]) -> list[int]:
+def encode(tokenizer, template: str, messages: list[dict], audio=None) -> list[int]:
     """Token ids of the rendered chat: the template's text with its special tokens, each message's
-    text as plain text (a `<start_of_turn>` typed by a user stays text)."""
+    text as plain text (a `<start_of_turn>` typed by a user stays text). With `audio` (the
+    manifest's), an audio_prompt.MARK in a message is a clip's place (audio_prompt.expand)."""
+    from edgepack.runtime.audio_prompt import expand
+
     specials = [t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special]
     if not any(s in str(m.get("content", "")) for m in messages for s in specials):
-        return tokenizer.encode(render(template, messages), add_special_tokens=False).ids
+        text = render(template, messages)
+        return expand(lambda x: tokenizer.encode(x, add_special_tokens=False).ids, text, audio) if audio else \
+            tokenizer.encode(text, add_special_tokens=False).ids
     marked = [m | {"content": f"{_OPEN}{m.get('content', '')}{_CLOSE}"} for m in messages]
     text = render(template, marked)
     ids, rest = [], text
@@ -79,7 +84,7 @@ def encode(tokenizer, template: str, messages: list[dict]) -> list[int]:
         head, _, tail = rest.partition(_OPEN)
         body, _, rest = tail.partition(_CLOSE)
         ids += tokenizer.encode(head, add_special_tokens=False).ids
-        ids += _plain(tokenizer, body)
+        ids += expand(lambda x: _plain(tokenizer, x), body, audio) if audio else _plain(tokenizer, body)
     return ids + tokenizer.encode(rest, add_special_tokens=False).ids
 
 

@@ -54,6 +54,11 @@ class Engine:
                                       stores.cache_mb if name == "per_layer_embeddings" else 0.0)
                        for name, spec in b.plan.row_stores.items()}
 
+        # A bundle with audio: the embeddings of multimodal tokens go to an ONNX graph as an input of
+        # their own (contract.py), in a .litertlm's embeddings in place of the looked-up rows
+        self.audio = b.plan.audio
+        self.soft: dict[int, np.ndarray] = {}  # position -> audio soft token embedding, for the next prefill
+
         # The smallest cache along its sequence axis: a sliding layer's ring, or the context.
         self.ring = min(shape[2 if name.startswith("kv_cache_k_") else 3] for name, shape in self.cache_shapes.items())
         self.reset()
@@ -87,15 +92,36 @@ class Engine:
         t = len(ids)
         feeds = {"input_pos": positions.astype(np.int32), "mask": contract.causal_mask(positions, self.cache_len)}
         if self.inputs_kind == "embeddings":
-            feeds["embeddings"] = self.stores["embeddings"].gather(ids)[None]
+            rows = self.stores["embeddings"].gather(ids)
+            if self.audio is not None and (multimodal := ids >= self.audio.multimodal_offset).any():
+                rows = np.where(multimodal[:, None], self._multimodal(ids, positions), rows)
+            feeds["embeddings"] = rows[None]
         else:
             feeds["tokens"] = ids.astype(np.int32)[None]
+            if self.audio is not None:
+                feeds[contract.MULTIMODAL_INPUT] = self._multimodal(ids, positions)[None]
         if "per_layer_embeddings" in self.stores:
             rows = self.stores["per_layer_embeddings"].gather(ids)
             feeds["per_layer_embeddings"] = rows.reshape(1, t, self.bundle.plan.model.setting("num_hidden_layers"), -1)
         return feeds
 
-    def prefill(self, ids: np.ndarray, start: int = 0) -> None:
+    def _multimodal(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """[T, hidden]: row t for a multimodal token (zeros for the others, which the graph does not
+        read): an audio soft token's embedding, an audio marker's row of embed_audio's vocabulary."""
+        a = self.audio
+        out = np.zeros((len(ids), self.bundle.plan.model.setting("hidden_size")), np.float32)
+        vocab = self.stores[a.vocab_store]
+        for t in np.flatnonzero(ids >= a.multimodal_offset):
+            pos, i = int(positions[t]), int(ids[t])
+            if pos in self.soft:
+                out[t] = self.soft[pos]
+            elif a.vocab_offset <= i < a.vocab_offset + vocab.rows:
+                out[t] = vocab.gather(np.array([i - a.vocab_offset]))[0]
+        return out
+
+    def prefill(self, ids: np.ndarray, start: int = 0, soft: dict[int, np.ndarray] | None = None) -> None:
+        """`soft`: audio soft token embeddings by position (prompt positions of the audio soft tokens)."""
+        self.soft = soft or {}
         length = self.prefill_length
         for s, n in plan_chunks(len(ids), length, self.cache_len):
             chunk = ids[s:s + n]
@@ -106,7 +132,9 @@ class Engine:
             # overwritten by decode before any query can see them.
             self._run_prefill(padded, np.arange(start + s, start + s + size, dtype=np.int32))
             self.written = max(self.written, start + s + size)
-        self.held = self.held[:start] + [int(i) for i in ids]
+        # an audio soft token's K/V depends on its clip, not only its id: never reused
+        self.held = self.held[:start] + [-1 if start + j in self.soft else int(i) for j, i in enumerate(ids)]
+        self.soft = {}
         release_freed_heap()  # the chunks' inputs and the engine's scratch: ~15 MiB on E2B
 
     def decode(self, token: int, pos: int) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 from edgepack.bundle import Bundle
 from edgepack.errors import EdgepackError
 from edgepack.footprint import check_fits
-from edgepack.runtime import chat as chat_prompt
+from edgepack.runtime import audio_prompt, chat as chat_prompt
 from edgepack.runtime.engines import open_engine
 from edgepack.runtime.row_store import StoreOptions
 from edgepack.runtime.sampling import Sampler, SamplingParams
@@ -91,6 +91,8 @@ class Generator:
         self.stop_ids = set(tok.stop_ids)
         self.chat_template = self.bundle.plan.chat_template
         self.engine = open_engine(self.bundle, threads, stores)
+        self.threads = threads
+        self._audio_encoder = None  # loaded when audio is first used (audio_soft_tokens)
         self.load_s = time.perf_counter() - t0  # checks, checksums, tokenizer and engine
         self.hit_context_limit = False  # set when the last generation ran into max_context
         # A prompt that starts with the last run's tokens (a chat's next turn) prefills only the
@@ -102,20 +104,31 @@ class Generator:
     def max_context(self) -> int:
         return self.engine.cache_len
 
-    def encode(self, prompt: str, chat: bool = False) -> list[int]:
+    def encode(self, prompt: str, chat: bool = False, clips: int = 0) -> list[int]:
+        """The prompt's ids; with `clips`, that many audio clips' places before its text (the
+        soft tokens' ids, whose embeddings `generate_ids` takes)."""
+        a = self.bundle.plan.audio if clips else None
+        if clips and a is None:
+            raise EdgepackError(f"{self.bundle.path} has no audio encoder: export a Gemma 3n checkpoint with its "
+                                f"audio tower to ONNX for audio prompts")
+        text = audio_prompt.MARK * clips + prompt
         if chat:
             if not self.chat_template:
                 raise EdgepackError("this bundle has no chat template (a base model): drop --chat")
             # the template writes <bos>; the user's text stays text (chat.py)
-            return chat_prompt.encode(self.tokenizer, self.chat_template, [{"role": "user", "content": prompt}])
-        ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids
+            return chat_prompt.encode(self.tokenizer, self.chat_template, [{"role": "user", "content": text}], a)
+        plain = lambda x: self.tokenizer.encode(x, add_special_tokens=False).ids  # noqa: E731
+        ids = audio_prompt.expand(plain, text, a) if a else plain(prompt)
         return [self.bos_id] + ids if self.add_bos else ids
 
-    def generate_ids(self, ids: list[int], max_new_tokens: int, sampling: SamplingParams | None = None,
-                     on_step: Callable[[StepResult], None] | None = None) -> Iterator[int]:
-        """Yields generated token ids; stops at a stop id (not yielded), max_new_tokens or the
-        context limit. `on_step` sees every step's logits (tests compare them with transformers)."""
-        check_max_new_tokens(max_new_tokens)
+    def audio_soft_tokens(self, clips: list[audio_prompt.Clip]) -> list[np.ndarray]:
+        """Each clip's soft token embeddings; the audio encoder is loaded on first use."""
+        if self._audio_encoder is None:
+            vocab = self.engine.stores[self.bundle.plan.audio.vocab_store]
+            self._audio_encoder = audio_prompt.AudioEncoder(self.bundle, vocab, self.threads)
+        return self._audio_encoder.soft_tokens([audio_prompt.load(c) for c in clips])
+
+    def check_prompt(self, ids: list[int]) -> None:
         if not ids:
             raise EdgepackError("empty prompt")
         if len(ids) > self.max_context:
@@ -125,13 +138,29 @@ class Generator:
         bad = [i for i in ids if not 0 <= i < self.engine.vocab_size]
         if bad:
             raise EdgepackError(f"token id {bad[0]} is outside the model's vocabulary")
+
+    def generate_ids(self, ids: list[int], max_new_tokens: int, sampling: SamplingParams | None = None,
+                     on_step: Callable[[StepResult], None] | None = None,
+                     soft: list[np.ndarray] | None = None) -> Iterator[int]:
+        """Yields generated token ids; stops at a stop id (not yielded), max_new_tokens or the
+        context limit. `on_step` sees every step's logits (tests compare them with transformers).
+        `soft`: the embeddings of the prompt's audio soft tokens, clip by clip (audio_soft_tokens)."""
+        check_max_new_tokens(max_new_tokens)
+        self.check_prompt(ids)
+        placed = {}
+        if soft:
+            at = [p for p, i in enumerate(ids) if i == self.bundle.plan.audio.soft_id]
+            rows = np.concatenate(soft)
+            if len(at) != len(rows):
+                raise EdgepackError(f"the prompt has {len(at)} audio soft tokens for {len(rows)} embeddings")
+            placed = dict(zip(at, rows))
         sampler = Sampler(sampling or SamplingParams())
         stats = self.last_run = RunStats(len(ids))
         t0 = time.perf_counter()
         reuse = stats.reused_tokens = self.engine.reusable(ids) if self.reuse_cache else 0
         if reuse == 0:
             self.engine.reset()
-        self.engine.prefill(np.asarray(ids[reuse:-1], np.int32), start=reuse)
+        self.engine.prefill(np.asarray(ids[reuse:-1], np.int32), start=reuse, soft=placed)
         token, pos = ids[-1], len(ids) - 1
         self.hit_context_limit = False
         for _ in range(max_new_tokens):
@@ -152,11 +181,15 @@ class Generator:
             pos += 1
 
     def stream(self, prompt: str, max_new_tokens: int = 128, sampling: SamplingParams | None = None,
-               chat: bool = False) -> Iterator[str]:
-        """Yields text pieces as they become complete characters."""
+               chat: bool = False, audio: list[audio_prompt.Clip] | None = None) -> Iterator[str]:
+        """Yields text pieces as they become complete characters. `audio`: WAV files or 16 kHz
+        samples, placed before the prompt's text."""
         out: list[int] = []
         shown = ""
-        for token in self.generate_ids(self.encode(prompt, chat), max_new_tokens, sampling):
+        ids = self.encode(prompt, chat, len(audio or []))
+        self.check_prompt(ids)  # before the clips are encoded
+        soft = self.audio_soft_tokens(audio) if audio else None
+        for token in self.generate_ids(ids, max_new_tokens, sampling, soft=soft):
             out.append(token)
             text = self.tokenizer.decode(out, skip_special_tokens=True)
             if text.endswith("\ufffd"):  # a multi-byte character split across tokens
@@ -165,8 +198,8 @@ class Generator:
             shown = text
 
     def generate(self, prompt: str, max_new_tokens: int = 128, sampling: SamplingParams | None = None,
-                 chat: bool = False) -> str:
-        return "".join(self.stream(prompt, max_new_tokens, sampling, chat))
+                 chat: bool = False, audio: list[audio_prompt.Clip] | None = None) -> str:
+        return "".join(self.stream(prompt, max_new_tokens, sampling, chat, audio))
 
 
 def check_max_new_tokens(n: int) -> None:

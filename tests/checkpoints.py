@@ -73,8 +73,68 @@ GEMMA_CHAT_TEMPLATE = (
 )
 
 
+# Gemma 3n's own chat template (Gemma 3's with audio and image items): a user turn's content may be
+# a list of parts, an audio part rendered as <audio_soft_token>, which LiteRT-LM's Gemma 3
+# conversation code replaces with the clip (and transformers' processor expands).
+GEMMA3N_CHAT_TEMPLATE = r"""{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- if messages[0]['content'] is string -%}
+        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- else -%}
+        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}
+    {%- endif -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {%- if message['content'] is string -%}
+        {{ message['content'] | trim }}
+    {%- elif message['content'] is iterable -%}
+        {%- for item in message['content'] -%}
+            {%- if item['type'] == 'audio' -%}
+                {{ '<audio_soft_token>' }}
+            {%- elif item['type'] == 'image' -%}
+                {{ '<image_soft_token>' }}
+            {%- elif item['type'] == 'text' -%}
+                {{ item['text'] | trim }}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- else -%}
+        {{ raise_exception("Invalid content type") }}
+    {%- endif -%}
+    {{ '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model\n'}}
+{%- endif -%}
+"""
+
+
+def with_gemma3n_template(folder: Path, base: Path) -> Path:
+    """The multimodal checkpoint `base` (its files linked, not copied) with Gemma 3n's own chat
+    template."""
+    folder.mkdir(parents=True)
+    for f in base.iterdir():
+        if f.name != "chat_template.jinja":
+            (folder / f.name).symlink_to(f.resolve())
+    (folder / "chat_template.jinja").write_text(GEMMA3N_CHAT_TEMPLATE)
+    return folder
+
+
 def make_gemma3n_multimodal(folder: Path, tokenizer_json: str, seed: int = 1, text=None) -> Path:
-    from transformers import Gemma3nAudioConfig, Gemma3nConfig, Gemma3nForCausalLM, Gemma3nVisionConfig
+    from transformers import Gemma3nAudioConfig, Gemma3nAudioFeatureExtractor, Gemma3nConfig, Gemma3nForCausalLM
+    from transformers import Gemma3nVisionConfig
     from transformers.models.gemma3n.modeling_gemma3n import Gemma3nAudioEncoder, Gemma3nMultimodalEmbedder
 
     text = text or gemma3n_text_config()
@@ -92,7 +152,9 @@ def make_gemma3n_multimodal(folder: Path, tokenizer_json: str, seed: int = 1, te
     cfg = Gemma3nConfig(text_config=text.to_dict(), audio_config=audio_cfg.to_dict(),
                         vision_config=vision_cfg.to_dict()).to_dict()
     cfg["architectures"] = ["Gemma3nForConditionalGeneration"]
-    return _save(folder, tensors, cfg, extend_vocab(tokenizer_json, 262_400), GEMMA_CHAT_TEMPLATE)
+    _save(folder, tensors, cfg, extend_vocab(tokenizer_json, 262_400), GEMMA_CHAT_TEMPLATE)
+    Gemma3nAudioFeatureExtractor().to_json_file(folder / "preprocessor_config.json")
+    return folder
 
 
 def make_gemma3n_e4b_like(folder: Path, tokenizer_json: str, seed: int = 4) -> Path:

@@ -110,7 +110,7 @@ def test_failed_export_leaves_nothing(tmp_path, checkpoint, monkeypatch):
     from edgepack.converters import export as export_mod
     from edgepack.converters import onnx_export
 
-    def boom(model, cfg, context, lengths, out, per_layer):
+    def boom(model, cfg, context, lengths, out, per_layer, multimodal_offset=None):
         out.write_bytes(b"half a model")
         raise RuntimeError("disk full")
 

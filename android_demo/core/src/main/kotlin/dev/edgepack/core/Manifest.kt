@@ -55,6 +55,12 @@ data class RowStore(
 
 data class Tokenizer(val file: String, val bosId: Long, val addBos: Boolean, val stopIds: List<Long>)
 
+/** Gemma 3n's audio path (plan.py `Audio`): where the encoder is, how a clip enters a prompt. */
+data class Audio(
+    val encoder: String, val vocabStore: String, val softTokens: Long, val startId: Long, val softId: Long,
+    val endId: Long, val vocabOffset: Long, val multimodalOffset: Long, val features: Map<*, *>,
+)
+
 data class Manifest(
     val runtimeFormat: String,
     val family: String,
@@ -71,6 +77,7 @@ data class Manifest(
     val chatTemplate: String?,
     val files: List<FileEntry>,
     val createdBy: String,
+    val audio: Audio?,
 ) {
     fun fileEntry(path: String): FileEntry = files.first { it.path == path }
 
@@ -122,6 +129,10 @@ data class Manifest(
         if (sizes.size != files.size) fail("files lists a path twice")
         val used = linkedMapOf("graph.file" to g.file, "tokenizer.file" to tokenizer.file)
         rowStores.forEach { (name, s) -> used["row_stores.$name.file"] = s.file }
+        if (audio != null) {
+            used["audio.encoder"] = audio.encoder
+            checkAudio(audio, ::fail)
+        }
         for ((field, path) in used) if (path !in sizes) fail("$field ${pyRepr(path)} is not listed in files (unverifiable)")
         for (s in g.sections.orEmpty()) {
             if (s.offset + s.size > sizes.getValue(g.file)) {
@@ -149,6 +160,19 @@ data class Manifest(
                 fail("row_stores.$name does not cover ${s.file} as its layout says")
             }
         }
+    }
+}
+
+private fun Manifest.checkAudio(a: Audio, fail: (String) -> Nothing) {
+    val store = rowStores[a.vocabStore] ?: fail("audio.vocab_store ${pyRepr(a.vocabStore)} is not one of row_stores")
+    val hidden = config["hidden_size"]
+    if (store.dtype != "float32" || hidden !is Long || store.cols != hidden) {
+        fail("audio.vocab_store must be float32 rows of the model's hidden size")
+    }
+    val vocab = graph.vocabSize
+    if (listOf(a.startId, a.softId, a.endId, a.multimodalOffset).any { it >= vocab } ||
+        !(a.multimodalOffset <= a.vocabOffset && a.vocabOffset <= a.endId && a.endId < a.vocabOffset + store.rows)) {
+        fail("audio's token ids are not inside the vocabulary and its audio rows")
     }
 }
 
@@ -246,8 +270,19 @@ private class Fields(val where: String) {
                       int(present(f, "size", "$n."), "$n.size", 0), str(present(f, "sha256", "$n."), "$n.sha256", hex = 64))
         }
         val createdBy = if ("created_by" in raw) str(raw["created_by"], "created_by") else "edgepack"
+        val audio = if (raw["audio"] == null) null else audio(obj(raw["audio"], "audio"))
         return Manifest(runtimeFormat, family, architecture, source, config, maxContext, graph, weights, quantization,
-                        components, stores, tokenizer, chatTemplate, files, createdBy)
+                        components, stores, tokenizer, chatTemplate, files, createdBy, audio)
+    }
+
+    private fun audio(a: Map<*, *>): Audio {
+        val p = "audio."
+        fun id(key: String, min: Long = 0, max: Long = Long.MAX_VALUE) = int(present(a, key, p), "$p$key", min, max)
+        return Audio(
+            str(present(a, "encoder", p), "audio.encoder", path = true),
+            str(present(a, "vocab_store", p), "audio.vocab_store"),
+            id("soft_tokens", 1, 4096), id("start_id"), id("soft_id"), id("end_id"), id("vocab_offset"),
+            id("multimodal_offset"), obj(present(a, "features", p), "audio.features"))
     }
 
     private fun graph(g: Map<*, *>): Graph {

@@ -1,0 +1,177 @@
+"""Gemma 3n audio prompts end to end (export, runtime/audio_prompt.py, the audio graphs of both
+formats) against transformers' own `Gemma3nForConditionalGeneration` on the tiny multimodal
+checkpoint: its audio tower has the real structure (subsampling convolutions, a conformer block
+with chunked local attention). The vision tower needs timm, which does not load here; the
+reference stands an empty module in for it, never called on audio prompts (issue 19 allows it).
+The checkpoint carries Gemma 3n's own chat template (audio parts render as <audio_soft_token>).
+
+The reference's prompt is built as Gemma3nProcessor builds it: each `<audio_soft_token>` of the
+text replaced by "\\n\\n<start_of_audio>" + 188 soft tokens + "<end_of_audio>\\n\\n", tokenized by
+transformers' tokenizer; its features come from Gemma3nAudioFeatureExtractor with the
+checkpoint's preprocessor_config.json, its WAVs read by scipy. A `.litertlm`'s encoder takes a
+fixed window of 3,008 frames (LiteRT-LM's contract), the features then zeros: its reference is
+transformers given the same window (the encoder's last soft token of a clip sees past the clip's
+end, so an unpadded batch gives another last token).
+
+Google's LiteRT-LM engine runs the `.litertlm` with audio content: it computes features with its
+own frontend constants and keeps only a clip's valid soft tokens, so its text is not transformers'
+(docs/bundle-format.md); the test checks that it runs our sections and that the clip matters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+
+from edgepack.errors import EdgepackError
+
+PROMPT = "Transcribe this audio."
+
+
+@pytest.fixture(scope="module")
+def audio_bundle(audio_bundles) -> Path:
+    return audio_bundles("onnx")
+
+
+@pytest.fixture(scope="module")
+def transformers_model(checkpoint):
+    import torch
+    from transformers import Gemma3nForConditionalGeneration
+    from transformers.models.gemma3n import modeling_gemma3n
+
+    real = modeling_gemma3n.AutoModel.from_config
+
+    def from_config(cfg, *args, **kw):  # the vision tower (timm) as an empty placeholder
+        return torch.nn.Module() if cfg.model_type == "gemma3n_vision" else real(cfg, *args, **kw)
+
+    with mock.patch.object(modeling_gemma3n.AutoModel, "from_config", from_config):
+        return Gemma3nForConditionalGeneration.from_pretrained(
+            str(checkpoint("gemma3n_multimodal")), dtype=torch.float32).eval()
+
+
+def reference_inputs(folder: Path, wavs: list[Path], text: str, window: int | None = None) -> dict:
+    """input_ids, input_features and input_features_mask as transformers' processor makes them;
+    with `window`, the features padded with zeros (mask false) to that many frames."""
+    import torch
+    from scipy.io import wavfile
+    from scipy.signal import resample_poly
+    from transformers import Gemma3nAudioFeatureExtractor, PreTrainedTokenizerFast
+
+    clips = []
+    for path in wavs:
+        rate, pcm = wavfile.read(path)
+        x = pcm.astype(np.float64) / 32768.0
+        clips.append((resample_poly(x, 16_000 // 50, rate // 50) if rate != 16_000 else x).astype(np.float32))
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+    expanded = "\n\n<start_of_audio>" + "<audio_soft_token>" * 188 + "<end_of_audio>\n\n"
+    ids = tok(text.replace("<audio_soft_token>", expanded), add_special_tokens=False)["input_ids"]
+    feats = Gemma3nAudioFeatureExtractor.from_pretrained(str(folder))(clips, return_tensors="pt")
+    features, mask = feats["input_features"], feats["input_features_mask"]
+    if window:
+        pad = window - features.shape[1]
+        features = torch.nn.functional.pad(features, (0, 0, 0, pad))
+        mask = torch.nn.functional.pad(mask, (0, pad), value=False)
+    return {"input_ids": torch.tensor([ids]), "input_features": features, "input_features_mask": mask}
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "litertlm"])
+@pytest.mark.parametrize("clips", [1, 2])
+def test_audio_prompts_match_transformers(fmt, clips, audio_bundles, transformers_model, checkpoint, wavs):
+    import torch
+
+    from edgepack.converters.models.gemma3n_audio import ENCODER_FRAMES
+    from edgepack.runtime import Generator
+
+    gen = Generator(audio_bundles(fmt))
+    ids = gen.encode(PROMPT, clips=clips)
+    ref = reference_inputs(checkpoint("gemma3n_multimodal"), wavs[:clips], "<bos>" + "<audio_soft_token>" * clips + PROMPT,
+                           window=ENCODER_FRAMES if fmt == "litertlm" else None)
+    assert ids == ref["input_ids"][0].tolist()  # the placement is the processor's
+
+    steps = []
+    got = list(gen.generate_ids(ids, 32, on_step=steps.append, soft=gen.audio_soft_tokens(wavs[:clips])))
+    with torch.no_grad():
+        out = transformers_model.generate(**ref, max_new_tokens=32, do_sample=False, output_logits=True,
+                                          return_dict_in_generate=True)
+    want = out.sequences[0, len(ids):].tolist()
+    assert len(got) == 32 and got == want
+    diff = max(float(np.abs(s.logits - w[0].numpy()).max()) for s, w in zip(steps, out.logits))
+    assert diff < 1e-3, diff
+
+
+def test_the_clip_decides_the_output(audio_bundle, wavs):
+    """The soft tokens reach the decoder: another clip, other logits (and a text token in the
+    audio's place would not be a soft token at all)."""
+    from edgepack.runtime import Generator
+
+    gen = Generator(audio_bundle)
+    ids = gen.encode(PROMPT, clips=1)
+    first = []
+    for wav in wavs:
+        steps = []
+        next(gen.generate_ids(ids, 1, on_step=steps.append, soft=gen.audio_soft_tokens([wav])), None)
+        first.append(steps[0].logits)
+    assert np.abs(first[0] - first[1]).max() > 1e-2
+
+
+def test_chat_places_audio_in_the_user_turn(audio_bundle, audio_checkpoint):
+    """--chat: the user's turn holds the clips before the text, then the processor's expansion, as
+    transformers' apply_chat_template (audio parts, then the text part) + processor make it."""
+    from transformers import PreTrainedTokenizerFast
+
+    from edgepack.runtime import Generator
+
+    folder = audio_checkpoint
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), bos_token="<bos>")
+    content = [{"type": "audio"}, {"type": "audio"}, {"type": "text", "text": PROMPT}]
+    text = tok.apply_chat_template([{"role": "user", "content": content}],
+                                   chat_template=(folder / "chat_template.jinja").read_text(),
+                                   add_generation_prompt=True, tokenize=False)
+    expanded = "\n\n<start_of_audio>" + "<audio_soft_token>" * 188 + "<end_of_audio>\n\n"
+    want = tok(text.replace("<audio_soft_token>", expanded), add_special_tokens=False)["input_ids"]
+    assert Generator(audio_bundle).encode(PROMPT, chat=True, clips=2) == want
+
+
+def test_litert_lm_runs_the_audio_sections(audio_bundles, wavs, tmp_path):
+    """Google's engine loads the .litertlm's audio encoder, adapter and end-of-audio sections
+    (LiteRT-LM refuses a bundle whose sections break its contract) and answers an audio prompt
+    from them: another clip, another answer."""
+    import litert_lm
+
+    from edgepack.system import default_threads
+
+    cpu = litert_lm.Backend.CPU(thread_count=default_threads())
+    engine = litert_lm.Engine(str(audio_bundles("litertlm") / "model.litertlm"), backend=cpu, audio_backend=cpu,
+                              cache_dir=str(tmp_path))
+    answers = []
+    for wav in wavs:
+        conversation = engine.create_conversation(sampler_config=litert_lm.SamplerConfig(top_k=1))
+        reply = conversation.send_message({"role": "user", "content": [
+            {"type": "audio", "path": str(wav)}, {"type": "text", "text": PROMPT}]}, max_output_tokens=8)
+        answers.append(str(reply))
+    assert all(answers) and answers[0] != answers[1]
+
+
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_quantized_audio_tower_keeps_its_soft_tokens(quant, bundle, audio_bundle, wavs):
+    """The recipes' audio tower (int8, blocks of 32 in ONNX; int4 keeps it at int8 too): each soft
+    token's cosine similarity to the fp32 graph's >= 0.99."""
+    from edgepack.runtime import Generator
+
+    exact = Generator(audio_bundle).audio_soft_tokens(wavs)
+    quantized = Generator(bundle("gemma3n_multimodal", "onnx", quant)).audio_soft_tokens(wavs)
+    for a, b in zip(exact, quantized):
+        cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+        assert cos.min() >= 0.99, cos.min()
+
+
+def test_audio_without_an_encoder_and_too_many_clips_are_one_line(bundle, audio_bundle, wavs):
+    from edgepack.runtime import Generator
+
+    with pytest.raises(EdgepackError, match="has no audio encoder"):
+        Generator(bundle("gemma3n_causal", "onnx")).generate(PROMPT, 4, audio=wavs[:1])
+    with pytest.raises(EdgepackError, match="this bundle's context is 512"):
+        Generator(audio_bundle).generate(PROMPT, 4, audio=wavs[:1] * 3)
