@@ -254,10 +254,12 @@ def audio_checkpoint(shared, checkpoint) -> Path:
 
 
 @pytest.fixture(scope="session")
-def audio_bundles(shared, audio_checkpoint):
+def audio_bundles(shared, audio_checkpoint, kept_lowerings):
+    """fp32 bundles of the tiny multimodal checkpoint (Gemma 3n's chat template) long enough for two
+    clips; the .litertlm's audio sections are the tiny bundles' lowering (the same weights)."""
     from edgepack.converters.export import ExportOptions, export
 
     def get(fmt: str) -> Path:
-        opts = ExportOptions(format=fmt, max_context=AUDIO_CONTEXT)
+        opts = ExportOptions(format=fmt, max_context=AUDIO_CONTEXT, keep_lowered=kept_lowerings)
         return shared(f"bundle-gemma3n_audio-{fmt}-none", lambda out: export(audio_checkpoint, out, opts, log=lambda m: None))
     return get

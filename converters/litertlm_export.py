@@ -70,24 +70,32 @@ def convert_single(module: torch.nn.Module, signature: str, out: Path) -> None:
     litert_torch.signature(signature, module, sample_kwargs=sample).convert().export(str(out))
 
 
-def convert_audio(graph, end_id: int, work: Path) -> dict[str, Path]:
-    """Gemma 3n's audio sections (models/gemma3n_audio.py): encoder, adapter, end-of-audio."""
+def convert_audio(graph, end_id: int, work: Path, keep: Path | None = None) -> dict[str, Path]:
+    """Gemma 3n's audio sections (models/gemma3n_audio.py): encoder, adapter, end-of-audio, each
+    lowered once for every recipe of a checkpoint when `keep` keeps lowerings (lowered.py)."""
     import litert_torch
 
+    from edgepack.converters import lowered
     from edgepack.converters.models import gemma3n_audio as ga
 
-    frames = torch.zeros(1, ga.ENCODER_FRAMES, graph.model.audio_tower.config.input_feat_size)
-    valid = torch.ones(1, ga.ENCODER_FRAMES, dtype=torch.bool)
-    encoder = ga.LiteRtEncoder(graph).eval()
-    out = {name: work / f"{name}.tflite" for name in ("audio_encoder", "audio_adapter", "end_of_audio")}
-    with torch.no_grad(), ga.tflite_friendly():
-        sample = encoder(frames, valid)
-        litert_torch.signature("audio_encoder", encoder, sample_kwargs={"src_inputs": frames, "mask": valid}) \
-            .convert().export(str(out["audio_encoder"]))
-    litert_torch.signature("audio_adapter", ga.LiteRtAdapter(graph).eval(), sample_kwargs={
-        "audio_mask": sample["mask"], "features": sample["features"]}).convert().export(str(out["audio_adapter"]))
-    litert_torch.signature("end_of_audio", ga.LiteRtEndOfAudio(graph, end_id).eval(), sample_kwargs={}) \
-        .convert().export(str(out["end_of_audio"]))
+    cfg = graph.model.audio_tower.config
+    tokens = ga.ENCODER_FRAMES // ga.shrink(cfg)
+    if tokens * ga.shrink(cfg) != ga.ENCODER_FRAMES:  # LiteRT-LM requires a whole number of tokens
+        raise EdgepackError(f"the audio encoder's {ga.ENCODER_FRAMES} frames are not a multiple of its shrink {ga.shrink(cfg)}")
+    models = {
+        "audio_encoder": (ga.LiteRtEncoder(graph), {"src_inputs": torch.zeros(1, ga.ENCODER_FRAMES, cfg.input_feat_size),
+                                                    "mask": torch.ones(1, ga.ENCODER_FRAMES, dtype=torch.bool)}),
+        "audio_adapter": (ga.LiteRtAdapter(graph), {"audio_mask": torch.ones(1, tokens, dtype=torch.bool),
+                                                    "features": torch.zeros(1, tokens, cfg.hidden_size)}),
+        "end_of_audio": (ga.LiteRtEndOfAudio(graph, end_id), {}),
+    }
+    out = {}
+    for name, (module, sample) in models.items():
+        def lower(path: Path, name=name, module=module.eval(), sample=sample) -> None:
+            with torch.no_grad(), ga.tflite_friendly():
+                litert_torch.signature(name, module, sample_kwargs=sample).convert().export(str(path))
+        out[name] = work / f"{name}.tflite"
+        lowered.lower_once(keep, module, {"audio": name, "frames": ga.ENCODER_FRAMES, "end_id": end_id}, out[name], lower)
     return out
 
 

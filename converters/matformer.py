@@ -255,10 +255,13 @@ def effective_params(shapes: dict[str, tuple[int, ...]]) -> int:
     """The MatFormer Lab notebook's "effective" parameters (transformers' language model's
     `num_parameters(exclude_embeddings=True)`): every text decoder tensor but the token embedding
     and the per-layer embedding table, the KV-shared layers' unused K/V projections included as
-    the checkpoint holds them."""
+    the checkpoint holds them. The audio tower's tensors are not the text decoder's."""
     import math
 
-    return sum(math.prod(shape) for name, shape in shapes.items() if name not in (EMBEDDING, PLE_TABLE))
+    from edgepack.converters.models.gemma3n_audio import EMBEDDER, TOWER
+
+    return sum(math.prod(shape) for name, shape in shapes.items()
+               if name not in (EMBEDDING, PLE_TABLE) and not name.startswith((TOWER, EMBEDDER)))
 
 
 SLICED_KEYS = ("num_hidden_layers", "intermediate_size", "layer_types", "num_kv_shared_layers",

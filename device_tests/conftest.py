@@ -44,10 +44,10 @@ def target(request, shared):
     return _prepared[spec]
 
 
-def on_host(bundles, prompts, tokens, shared=None) -> dict:
+def on_host(bundles, prompts, tokens, shared=None, extra=()) -> dict:
     """on_device.py run by the host's own python: the reference the device must reproduce. With
     the `shared` fixture, once per run for every target that asks the same."""
-    args = [sys.executable, str(ON_DEVICE), *map(str, bundles), "--tokens", str(tokens)]
+    args = [sys.executable, str(ON_DEVICE), *map(str, bundles), "--tokens", str(tokens), *extra]
     for p in prompts:
         args += ["--prompt", p]
 

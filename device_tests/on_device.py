@@ -33,6 +33,7 @@ def main() -> int:
     p.add_argument("--prompt", action="append", required=True)
     p.add_argument("--tokens", type=int, default=16)
     p.add_argument("--no-memory-check", action="store_true")
+    p.add_argument("--audio", action="append", default=[], help="WAV clips placed before each prompt (Gemma 3n)")
     a = p.parse_args()
 
     from edgepack.errors import EdgepackError
@@ -49,9 +50,10 @@ def main() -> int:
             print(f"edgepack: error: {e}", file=sys.stderr)
             return 2
         for prompt in a.prompt:
-            ids = gen.encode(prompt)
+            ids = gen.encode(prompt, clips=len(a.audio))
+            soft = gen.audio_soft_tokens(a.audio) if a.audio else None
             steps = []
-            list(gen.generate_ids(ids, a.tokens, on_step=steps.append))
+            list(gen.generate_ids(ids, a.tokens, on_step=steps.append, soft=soft))
             top = [largest(s.logits) for s in steps]
             runs.append({"bundle": path, "engine": type(gen.engine).__name__, "prompt": prompt, "prompt_ids": ids,
                          "tokens": [s.token for s in steps],

@@ -11,7 +11,7 @@
 - `edgepack serve` starts on the device and answers a completion over loopback with the host's
   greedy tokens;
 - an audio prompt (Gemma 3n, both formats: the audio graphs on onnxruntime and LiteRT) gives the
-  host's text (the emulated Pi 5 only: one board shows the aarch64 audio path).
+  host's tokens and logits (the emulated Pi 5 only: one board shows the aarch64 audio path).
 
 Emulation is slow (8x to 600x): nothing here is a speed figure.
 """
@@ -93,19 +93,14 @@ def test_270m_int4_first_tokens_within_2gb(target, bundle_270m, fmt, shared):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "litertlm"])
-def test_audio_prompt_gives_the_hosts_text(fmt, target, audio_bundles, wavs):
-    from hostile_inputs import cli
-
+def test_audio_prompt_gives_the_hosts_tokens(fmt, target, audio_bundles, wavs, shared):
     if target.name == "emulated-pi4":
         pytest.skip("the audio path runs on the emulated Pi 5 (one emulated board shows it)")
-    folder = audio_bundles(fmt)
-    args = ["run", "--audio", str(wavs[1]), "--prompt", "Transcribe this audio.", "--max-new-tokens", "8", "--json"]
-    code, out, err = cli(*args[:1], str(folder), *args[1:])
-    assert code == 0, err
-    args[2] = target.path(wavs[1])
-    res = target.run(["-m", "edgepack.cli", args[0], target.path(folder), *args[1:]])
+    folder, prompt = audio_bundles(fmt), ["Transcribe this audio."]
+    host = on_host([folder], prompt, 8, shared, extra=["--audio", str(wavs[1])])
+    res = on_target(target, [folder], prompt, 8, extra=["--audio", target.path(wavs[1])])
     assert res.returncode == 0, res.stderr[-3000:]
-    assert json.loads(res.stdout)["text"] == json.loads(out)["text"]
+    assert_same_generation(host, json.loads(res.stdout.strip().splitlines()[-1]))
 
 
 def test_inspect_verifies_on_device(target, bundle, tmp_path):

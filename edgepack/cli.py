@@ -117,13 +117,14 @@ def run_stats(gen) -> dict:
             "prompt_tokens": r.prompt_tokens, "new_tokens": r.new_tokens,
             "first_token_s": round(r.first_token_s, 3),
             "decode_tok_s": None if r.decode_tok_s is None else round(r.decode_tok_s, 2),
-            "peak_rss_bytes": peak_rss(), "engine": type(gen.engine).__name__}
+            "peak_rss_bytes": peak_rss(), "engine": type(gen.engine).__name__, "audio_s": round(r.audio_s, 3)}
 
 
 def stats_line(st: dict) -> str:
     speed = "n/a" if st["decode_tok_s"] is None else f"{st['decode_tok_s']:.1f} tok/s"
+    audio = f" after {st['audio_s']:.2f} s encoding its audio" if st.get("audio_s") else ""
     return (f"edgepack: {st['bundle_bytes'] / 2**20:,.0f} MiB bundle, loaded in {st['load_s']:.2f} s, first token "
-            f"in {st['first_token_s']:.2f} s ({st['prompt_tokens']}-token prompt), decode {speed} "
+            f"in {st['first_token_s']:.2f} s ({st['prompt_tokens']}-token prompt{audio}), decode {speed} "
             f"({st['new_tokens']} tokens), peak memory {st['peak_rss_bytes'] / 2**20:,.0f} MiB")
 
 

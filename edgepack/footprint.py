@@ -26,7 +26,7 @@ from pathlib import Path
 from edgepack import contract
 from edgepack.bundle import Bundle
 from edgepack.errors import EdgepackError
-from edgepack.plan import RowStore
+from edgepack.plan import AUDIO_SECTIONS, RowStore
 from edgepack.system import litert_api
 
 MiB = 2**20
@@ -63,9 +63,6 @@ class Footprint:
         out = [f"  {name:<12} {n / MiB:>10,.1f} MiB" for name, n in self.parts.items()]
         why = " (while parsing the tokenizer)" if self.parse_peak > sum(self.parts.values()) else ""
         out.append(f"  {'peak':<12} {self.peak / MiB:>10,.1f} MiB{why}")
-        if self.audio:
-            out.append(f"  {'with audio':<12} {self.peak_with_audio / MiB:>10,.1f} MiB (the audio encoder's weights, "
-                       f"+{self.audio / MiB:,.1f} MiB, once a prompt has audio)")
         return out
 
     @property
@@ -88,18 +85,33 @@ def predict(b: Bundle, engine: str | None = None, row_cache_mb: float = 0.0) -> 
     p = b.plan
     fp = estimate(
         engine or engine_kind(b), b.graph_bytes, quantized=p.precision.quantization != "none",
-        row_stores=p.row_stores, kv_bytes=b.cache_bytes, config=p.model.config,
+        row_stores={n: r for n, r in p.row_stores.items() if not (p.audio and n == p.audio.vocab_store)},
+        kv_bytes=b.cache_bytes, config=p.model.config,
         prefill_lengths=p.graph.prefill_lengths, vocab_size=p.graph.vocab_size, context=b.max_context,
         tokenizer_bytes=p.file_entry(p.tokenizer.file).size)
-    if p.audio is not None and fp.engine == "onnx":  # weights as onnxruntime holds them, the vocabulary rows
-        weights = sum(f.size for f in p.files if f.role == "audio_weights")
-        vocab = p.row_stores[p.audio.vocab_store]
-        fp.audio = int(weights * WEIGHT_COPIES["onnx"][p.precision.quantization != "none"]) + vocab.rows * vocab.row_bytes
+    if p.audio is not None:
+        fp.audio = audio_bytes(b)
     ple = p.row_stores.get("per_layer_embeddings")
     if ple and row_cache_mb:
         row = 4 * ple.cols
         fp.parts["row_cache"] = int(row_cache_mb * MiB) // row * row
     return fp
+
+
+def audio_bytes(b: Bundle) -> int:
+    """What edgepack's runtime holds once a prompt has audio: the encoder's weights as onnxruntime
+    holds them (ONNX), or the encoder and adapter sections read into memory and packed again by
+    XNNPACK (a .litertlm's, on the Interpreter), and the audio vocabulary's rows. A clip's
+    activations are not counted."""
+    p = b.plan
+    quantized = p.precision.quantization != "none"
+    if p.runtime_format == "onnx":
+        weights = int(sum(f.size for f in p.files if f.role == "audio_weights") * WEIGHT_COPIES["onnx"][quantized])
+    else:
+        sections = [s for s in p.graph.sections or [] if s.model_type in AUDIO_SECTIONS]
+        weights = int(sum(s.size for s in sections) * WEIGHT_COPIES["interpreter"][quantized])
+    vocab = p.row_stores[p.audio.vocab_store]
+    return weights + vocab.rows * vocab.row_bytes
 
 
 def estimate(engine: str, graph_bytes: int, quantized: bool, row_stores: dict[str, RowStore], kv_bytes: int,

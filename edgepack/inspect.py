@@ -53,6 +53,7 @@ def summary(b: Bundle, checksums_verified: bool) -> dict:
         "total_bytes": total,
         "checksums": "verified" if checksums_verified else "sizes only",
         "predicted_peak": predict(b).as_dict(),
+        "audio": dataclasses.asdict(p.audio) if p.audio else None,
     }
     lines = [
         f"bundle       {b.path}",
@@ -70,6 +71,10 @@ def summary(b: Bundle, checksums_verified: bool) -> dict:
         f"tokens       bos {info['bos_id']}, stop {info['stop_ids']}, "
         f"chat template: {'yes' if info['chat_template'] else 'none (plain prompts)'}",
     ]
+    if p.audio:
+        where = "its audio sections" if p.runtime_format == "litertlm" else p.audio.encoder
+        lines.append(f"audio        {p.audio.soft_tokens} soft tokens per clip (at most 30 s), encoder in {where}, "
+                     f"loaded when a prompt has audio")
     for name, s in info["row_stores"].items():
         lines.append(f"row store    {name}: {s['shape'][0]:,} x {s['shape'][1]:,} {s['dtype']}, memory-mapped "
                      f"from {s['file']} @ {s['offset']:,}")

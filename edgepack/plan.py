@@ -26,6 +26,7 @@ FORMATS = ("litertlm", "onnx")
 GRAPH_INPUTS = ("tokens", "embeddings")
 STORE_DTYPES = {"float32": 32, "int8": 8, "int4": 4}  # row store dtype -> bits per value
 MAIN_SECTION = "tf_lite_prefill_decode"  # the .litertlm section with the prefill/decode graphs
+AUDIO_SECTIONS = ("tf_lite_audio_encoder_hw", "tf_lite_audio_adapter")  # Gemma 3n's audio encoder, then adapter
 MAX_CONTEXT = 1 << 20  # a manifest's bound: well past any Gemma's positions; keeps arithmetic on hostile values sane
 MAX_EXPORT_CONTEXT = 32_768  # what export and profile plan for: Gemma 3 and 3n's positions
 

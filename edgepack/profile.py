@@ -37,23 +37,23 @@ def device_engine(fmt: str, device: str | None) -> str:
 
 def plan_from_layout(family, config: dict, recipe_spec: str, fmt: str, context: int, prefill_len: int,
                      engine: str, storage=lambda name: "BF16",
-                     tokenizer_bytes: int = GEMMA_TOKENIZER_BYTES) -> tuple[Footprint, dict]:
+                     tokenizer_bytes: int = GEMMA_TOKENIZER_BYTES, audio: dict | None = None) -> tuple[Footprint, dict]:
     """The footprint of the bundle `edgepack export` would write from a checkpoint of `family`
     (converters/models/family.py) with this text config: the exporter's own plan
     (converters/planner.py). Returns it with the planned bytes per component (what `inspect`
     would show)."""
     from edgepack.converters import quant_plan
 
-    p, fp = _planned(family, config, recipe_spec, fmt, context, prefill_len, engine, storage, tokenizer_bytes)
+    p, fp = _planned(family, config, recipe_spec, fmt, context, prefill_len, engine, storage, tokenizer_bytes, audio)
     return fp, quant_plan.summary(list(p.tensors.values()))
 
 
 def _planned(family, config, recipe_spec, fmt, context, prefill_len, engine, storage=lambda name: "BF16",
-             tokenizer_bytes: int = GEMMA_TOKENIZER_BYTES):
+             tokenizer_bytes: int = GEMMA_TOKENIZER_BYTES, audio: dict | None = None):
     from edgepack.converters import recipes
     from edgepack.converters.planner import plan_export
 
-    p = plan_export(family, config, recipes.load(recipe_spec), fmt, context, prefill_len, storage)
+    p = plan_export(family, config, recipes.load(recipe_spec), fmt, context, prefill_len, storage, audio)
     fp = estimate(engine, p.graph_bytes(), quantized=p.quantized,
                   row_stores={name: p.store_layout(name) for name in p.tables}, kv_bytes=p.graph.cache_bytes,
                   config=dataclasses.asdict(p.config), prefill_lengths=p.graph.prefill_lengths,
@@ -80,6 +80,7 @@ class Layout:
     shapes: dict  # text decoder tensors, "model...." names
     storage: object = lambda name: "BF16"
     tokenizer_bytes: int = GEMMA_TOKENIZER_BYTES
+    audio: dict | None = None  # a checkpoint's audio tower (Source.audio), planned as export plans it
 
 
 def layout_of(target: str | None, preset: str | None) -> Layout:
@@ -93,7 +94,7 @@ def layout_of(target: str | None, preset: str | None) -> Layout:
     from edgepack.converters.sources import open_source
 
     src = open_source(resolve(target))
-    return Layout(src.family, src.config, src.shapes, src.storage, len(src.tokenizer_json.encode()))
+    return Layout(src.family, src.config, src.shapes, src.storage, len(src.tokenizer_json.encode()), src.audio)
 
 
 def plan_from_preset(name: str, recipe: str, fmt: str, context: int, prefill_len: int, engine: str,
@@ -107,7 +108,7 @@ def plan_from_checkpoint(path: str, recipe: str, fmt: str, context: int, prefill
                          matformer: str | None = None):
     m = layout_of(path, None)
     return plan_from_layout(m.family, sliced(m.family, m.config, matformer), recipe, fmt, context, prefill_len,
-                            engine, m.storage, m.tokenizer_bytes)
+                            engine, m.storage, m.tokenizer_bytes, m.audio)
 
 
 def sliced(family, config: dict, spec: str | None) -> dict:

@@ -24,6 +24,7 @@ import numpy as np
 
 from edgepack.bundle import Bundle
 from edgepack.errors import EdgepackError
+from edgepack.plan import AUDIO_SECTIONS
 from edgepack.runtime import audio
 from edgepack.runtime.row_store import RowStore
 
@@ -45,9 +46,6 @@ def load(clip: Clip) -> np.ndarray:
     if samples.ndim != 1 or not np.isfinite(samples).all():
         raise EdgepackError("an audio array must be 1-D finite 16 kHz samples")
     return samples
-
-
-ENCODER_SECTION, ADAPTER_SECTION = "tf_lite_audio_encoder_hw", "tf_lite_audio_adapter"
 
 
 class AudioEncoder:
@@ -76,7 +74,9 @@ class AudioEncoder:
         try:
             session = ort.InferenceSession(str(b.file(b.plan.audio.encoder)), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
-            raise EdgepackError(f"onnxruntime cannot load {b.path}'s audio encoder: {e}") from None
+            raise EdgepackError(f"onnxruntime cannot load {b.path}'s audio encoder: {str(e).splitlines()[0][:200]}") from None
+        _check_names(b, "audio encoder", [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()],
+                     ["input_features", "input_features_mask"], ["audio_embeddings", "audio_mask"])
         return lambda feats, mask: session.run(["audio_embeddings", "audio_mask"], {
             "input_features": feats[None], "input_features_mask": mask[None]})
 
@@ -87,15 +87,23 @@ class AudioEncoder:
         from ai_edge_litert.interpreter import Interpreter
 
         runners = []
-        for kind in (ENCODER_SECTION, ADAPTER_SECTION):
+        for kind in AUDIO_SECTIONS:
             sec = next((s for s in b.graph.sections or [] if s.model_type == kind), None)
             if sec is None:
                 raise EdgepackError(f"{b.path}: the .litertlm has no {kind} section")
             with open(b.file(b.graph.file), "rb") as f:
                 f.seek(sec.offset)
-                it = Interpreter(model_content=f.read(sec.size), num_threads=threads)
-            runners.append(it.get_signature_runner(next(iter(it.get_signature_list()))))
+                content = f.read(sec.size)
+            try:
+                it = Interpreter(model_content=content, num_threads=threads)
+                runners.append(it.get_signature_runner(next(iter(it.get_signature_list()))))
+            except Exception as e:  # LiteRT raises ValueError and RuntimeError, StopIteration without signatures
+                raise EdgepackError(f"{b.path}: LiteRT cannot load its {kind} section: {str(e).splitlines()[0][:200]}") from None
         encoder, adapter = runners
+        _check_names(b, AUDIO_SECTIONS[0], list(encoder.get_input_details()), list(encoder.get_output_details()),
+                     ["mask", "src_inputs"], ["features", "mask"])
+        _check_names(b, AUDIO_SECTIONS[1], list(adapter.get_input_details()), list(adapter.get_output_details()),
+                     ["audio_mask", "features"], ["features"])
         frames = encoder.get_input_details()["src_inputs"]["shape"][1]
 
         def run(feats, mask):
@@ -112,7 +120,12 @@ class AudioEncoder:
         """[soft_tokens, hidden] per clip."""
         out = []
         for feats, mask in features(clips, self.mel):
-            emb, valid = self._encode(feats, mask)
+            try:
+                emb, valid = self._encode(feats, mask)
+            except EdgepackError:
+                raise
+            except Exception as e:  # the engines' own exception types: a bundle whose graph and settings disagree
+                raise EdgepackError(f"the audio encoder failed on a clip: {str(e).splitlines()[0][:200]}") from None
             emb, valid = emb[0], valid[0].astype(bool)
             n = self.settings.soft_tokens
             emb, valid = emb[:valid.nonzero()[0].max() + 1 if valid.any() else 0], valid  # a fixed-length graph's tail
@@ -122,6 +135,13 @@ class AudioEncoder:
             tokens[:len(emb)] = np.where(valid[:len(emb), None], emb, self.padding)
             out.append(tokens)
         return out
+
+
+def _check_names(b: Bundle, what: str, inputs: list[str], outputs: list[str], want_in: list[str],
+                 want_out: list[str]) -> None:
+    if sorted(inputs) != sorted(want_in) or sorted(outputs) != sorted(want_out):
+        raise EdgepackError(f"{b.path}: its {what} takes {sorted(inputs)} and gives {sorted(outputs)}; the audio "
+                            f"contract is {want_in} -> {want_out}")
 
 
 def expand(encode: Callable[[str], list[int]], text: str, a) -> list[int]:

@@ -40,6 +40,7 @@ class RunStats:
     first_token_s: float = 0.0  # prompt in -> first new token sampled (prefill + one decode step)
     decode_s: float = 0.0  # the steps after the first
     reused_tokens: int = 0  # prompt tokens whose K/V a previous run left in the cache (not prefilled)
+    audio_s: float = 0.0  # encoding the prompt's audio clips, before the prompt went in
 
     @property
     def decode_tok_s(self) -> float | None:
@@ -188,7 +189,9 @@ class Generator:
         shown = ""
         ids = self.encode(prompt, chat, len(audio or []))
         self.check_prompt(ids)  # before the clips are encoded
+        t0 = time.perf_counter()
         soft = self.audio_soft_tokens(audio) if audio else None
+        audio_s = time.perf_counter() - t0 if audio else 0.0
         for token in self.generate_ids(ids, max_new_tokens, sampling, soft=soft):
             out.append(token)
             text = self.tokenizer.decode(out, skip_special_tokens=True)
@@ -196,6 +199,7 @@ class Generator:
                 continue
             yield text[len(shown):]
             shown = text
+        self.last_run.audio_s = audio_s  # set by generate_ids when it started
 
     def generate(self, prompt: str, max_new_tokens: int = 128, sampling: SamplingParams | None = None,
                  chat: bool = False, audio: list[audio_prompt.Clip] | None = None) -> str:

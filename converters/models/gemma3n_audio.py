@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 
 import numpy as np
 import torch
@@ -93,6 +94,12 @@ class AudioGraph(nn.Module):
     def graph_params(self) -> list[str]:
         """The parameters the graph reads: all but embed_audio's vocabulary (vocab_table's)."""
         return [n for n, _ in self.named_parameters() if n != EMBEDDER + "embedding.weight"]
+
+
+def shrink(audio_config) -> int:
+    """Log-mel frames per soft token: the subsampling convolutions' time strides, then every
+    conf_reduction_factor-th frame (Gemma 3n: 2 x 2 x 4 = 16)."""
+    return math.prod(s[0] for s in audio_config.sscp_conv_stride_size) * audio_config.conf_reduction_factor
 
 
 class LiteRtEncoder(nn.Module):

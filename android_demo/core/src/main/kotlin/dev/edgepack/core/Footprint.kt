@@ -31,7 +31,7 @@ object Footprint {
             "runtime" to RUNTIME_BYTES,
             "tokenizer" to (tokenizerBytes * TOKENIZER_RESIDENT_PER_FILE_BYTE).toLong(),
             "weights" to (m.graphBytes * if (m.quantization != "none") copies.second else copies.first).toLong(),
-            "row_stores" to m.rowStores.values.sumOf { rowStoreResident(it, m.maxContext) },
+            "row_stores" to m.rowStores.filterKeys { it != m.audio?.vocabStore }.values.sumOf { rowStoreResident(it, m.maxContext) },
             "kv_cache" to m.graph.cacheBytes * KV_COPIES.getValue(engine),
             "activations" to activationBytes(m.config, m.graph.prefillLengths, m.graph.vocabSize, m.maxContext),
         )
