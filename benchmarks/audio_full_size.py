@@ -52,7 +52,8 @@ def export(source: Path, out: Path, fmt: str, quant: str) -> dict:
 
 def text_only_view(source: Path, where: Path) -> Path:
     """The checkpoint without its audio_config: edgepack then reads the text decoder alone."""
-    where.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(where, ignore_errors=True)
+    where.mkdir(parents=True)
     for f in source.iterdir():
         if f.name not in ("config.json", "preprocessor_config.json"):
             (where / f.name).symlink_to(f.resolve())

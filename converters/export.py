@@ -8,7 +8,6 @@ hidden folder and renamed into place at the end.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import shutil
 import time
@@ -23,7 +22,6 @@ from edgepack.converters.planner import ExportPlan, plan_export
 from edgepack.converters.progress import Stages
 from edgepack.converters.source import Source
 from edgepack.errors import EdgepackError
-from edgepack.system import release_freed_heap
 
 DEFAULT_CONTEXT = 2048  # or the model's positions, when fewer
 DEFAULT_PREFILL = 128  # tokens per prefill call of a .litertlm (LiteRT-LM's prefill_<N>), or the context
@@ -118,9 +116,6 @@ def _write_onnx(stage: Path, p: ExportPlan, src: Source, stages: Stages) -> dict
                            multimodal_offset=audio.multimodal_offset if audio else None)
     files = [(p.graph.file, "graph"), (p.graph.file + ".data", "weights")]
     row_stores, written = {}, {}
-    p.decoder = None  # the text graph's weights go before the audio tower's are read,
-    gc.collect()  # and the heap they and the exporter used goes back to the system: the audio
-    release_freed_heap()  # tower's export then stays under the text graph's peak
     if p.audio is not None:
         files += _write_audio(stage, p, src, stages, row_stores)
         written["audio"] = _audio_entry(gemma3n_audio.ENCODER_FILE, p, src)
