@@ -5,7 +5,7 @@
 
 Bundles are exported into bundles/270m-{format}-{quant} when missing (--reexport to redo them).
 Peers: LiteRT-LM comes with the venv; benchmarks/build_peers.sh builds llama.cpp and
-onnxruntime-genai once. Each figure is one run on a shared machine: expect +-10-25%.
+onnxruntime-genai once. Each figure is the median of 5 runs per engine, alternating (edgepack bench).
 """
 
 from __future__ import annotations
@@ -78,20 +78,33 @@ def main() -> None:
         f"{datetime.date.today().isoformat()}.",
         f"Machine: {cpu_name()}, {os.cpu_count()} cores visible, {a.threads} threads; Python "
         f"{platform.python_version()}; {versions()}.",
-        "Prompt: the first 512 tokens of GPL-3, then 128 greedy tokens. Every engine runs in its own "
-        "process; peak RSS is that process's. One run each on a shared machine: +-10-25%.",
+        "Prompt: the first 512 tokens of GPL-3, then 128 greedy tokens, a 2,048-token KV cache for every "
+        "engine; prefill tok/s is prompt tokens over the prefill alone, time to first token runs from the "
+        "token ids to the first generated token (edgepack/bench.py). Every engine runs in its own process "
+        "(peak RSS is that process's), 5 times, alternating; each figure is the median, the min-max in "
+        "brackets, and the ratios are of medians of the same run.",
         "",
         "| bundle | engine | weights | load s | TTFT s | prefill tok/s | decode tok/s | peak RSS MiB | "
-        "edgepack decode / peer |",
+        "edgepack / peer: prefill, TTFT, decode |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def cell(e: dict, key: str, fmt: str) -> str:
+        low, high = e["spread"][key]
+        return f"{fmt.format(e[key])} ({fmt.format(low)}-{fmt.format(high)})"
+
     for (fmt, quant), r in rows.items():
         ours = r["engines"]["edgepack"]
         for name, e in r["engines"].items():
             weights = e.get("weights", "this bundle")
-            ratio = "" if name == "edgepack" else f"{ours['decode_tok_s'] / e['decode_tok_s']:.2f}x"
-            lines.append(f"| {fmt} {quant} | {name} | {weights} | {e['load_s']:.2f} | {e['ttft_s']:.3f} | "
-                         f"{e['prefill_tok_s']:.0f} | {e['decode_tok_s']:.1f} | {e['peak_rss_mib']:,.0f} | {ratio} |")
+            ratio = "" if name == "edgepack" else (
+                f"{ours['prefill_tok_s'] / e['prefill_tok_s']:.2f}x, {ours['ttft_s'] / e['ttft_s']:.2f}x, "
+                f"{ours['decode_tok_s'] / e['decode_tok_s']:.2f}x")
+            lines.append(f"| {fmt} {quant} | {name} | {weights} | {cell(e, 'load_s', '{:.2f}')} | "
+                         f"{cell(e, 'ttft_s', '{:.3f}')} | {cell(e, 'prefill_tok_s', '{:.0f}')} | "
+                         f"{cell(e, 'decode_tok_s', '{:.1f}')} | {e['peak_rss_mib']:,.0f} | {ratio} |")
+    loads = [x for r in rows.values() for x in (r["load_average"]["before"][0], r["load_average"]["after"][0])]
+    lines += ["", f"Load average (1 min) before and after each bundle's runs: {min(loads):.2f}-{max(loads):.2f}."]
     lines += ["", "## Decode roofline", "",
               "Bytes one decode step reads (every weight of the decode graph, the tied embedding as LM head, "
               "and the whole KV cache) over the read bandwidth measured at the same thread count.", "",

@@ -1,24 +1,40 @@
 """`edgepack bench`: load time, time to first token, prefill and decode tok/s, peak RSS, and the
 decode roofline (bytes read per token / measured read bandwidth). With `--compare`, the peers
 (edgepack/peers.py) on the same weights, each engine in its own process so peak RSS is its own.
-Prompt: the first tokens of /usr/share/common-licenses/GPL-3 (or --text)."""
+
+Every engine is measured alike:
+- the same prompt: the first --prefill tokens of /usr/share/common-licenses/GPL-3 (or --text) by
+  the model's tokenizer, the same --decode greedy tokens after it, and a KV cache of the bundle's
+  context for everyone;
+- prefill tok/s is prompt tokens over the prefill's time alone; time to first token runs from the
+  token ids (tokenization left out; LiteRT-LM's own figure starts before it tokenizes) to the first
+  generated token; load time runs from before the engine's library is imported to a ready model;
+- each engine reports the tokens it prefilled and decoded, and a count that differs from what was
+  asked fails the comparison;
+- --runs runs of every engine, alternating between them; each figure is the median of its runs,
+  with the min-max beside it, and the machine's load average before and after."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from edgepack import peers
 from edgepack.errors import EdgepackError
 
 DEFAULT_TEXT = Path("/usr/share/common-licenses/GPL-3")
+FIGURES = ("load_s", "ttft_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mib")
 
-# Runs in a child process: edgepack's runtime on the bundle, printed as JSON.
+# Runs in a child process: edgepack's runtime on the bundle, printed as JSON. argv: bundle,
+# prefill, decode, threads, text. The engine prefills all but the last prompt token; the first
+# decode step takes that one and gives the first token (as LiteRT-LM's pipeline does).
 _OURS = """
 import json, sys, time
 import numpy as np
@@ -31,16 +47,17 @@ ids = np.asarray(gen.encode(text)[: int(sys.argv[2])], np.int32)
 gen.engine.reset()
 t0 = time.perf_counter()
 gen.engine.prefill(ids[:-1])
-logits = gen.engine.decode(int(ids[-1]), len(ids) - 1)
+prefill = time.perf_counter() - t0
+token = int(np.argmax(gen.engine.decode(int(ids[-1]), len(ids) - 1)))
 ttft = time.perf_counter() - t0
 t0 = time.perf_counter()
-pos = len(ids)
+pos, decoded = len(ids), 0
 for _ in range(int(sys.argv[3])):
-    logits = gen.engine.decode(int(np.argmax(logits)), pos)
-    pos += 1
+    token = int(np.argmax(gen.engine.decode(token, pos)))
+    pos, decoded = pos + 1, decoded + 1
 decode = time.perf_counter() - t0
-print(json.dumps({"load_s": load, "ttft_s": ttft, "prefill_tok_s": len(ids) / ttft,
-                  "decode_tok_s": int(sys.argv[3]) / decode}))
+print(json.dumps({"load_s": load, "ttft_s": ttft, "prefill_tok_s": len(ids) / prefill,
+                  "decode_tok_s": decoded / decode, "prefilled": len(ids), "decoded": decoded}))
 """
 
 def _child(code: str, *args, env: dict | None = None) -> dict:
@@ -87,7 +104,8 @@ def _source_gguf(b, gguf: str | None) -> Path | None:
 
 
 def bench(bundle: str | Path, prefill: int = 512, decode: int = 128, threads: int | None = None,
-          compare: bool = False, text: Path = DEFAULT_TEXT, gguf: str | None = None, log=print) -> dict:
+          compare: bool = False, text: Path = DEFAULT_TEXT, gguf: str | None = None, runs: int = 5,
+          log=print) -> dict:
     from edgepack.bundle import Bundle
     from edgepack.system import default_threads
 
@@ -95,25 +113,34 @@ def bench(bundle: str | Path, prefill: int = 512, decode: int = 128, threads: in
     b.verify(checksums=False)
     if prefill + decode > b.max_context:
         raise EdgepackError(f"--prefill {prefill} + --decode {decode} exceeds the bundle's context ({b.max_context})")
-    if prefill < 2 or decode < 1:
-        raise EdgepackError("--prefill must be >= 2 and --decode >= 1")
+    if prefill < 2 or decode < 1 or runs < 1:
+        raise EdgepackError("--prefill must be >= 2, --decode and --runs >= 1")
     if not Path(text).is_file():
         raise EdgepackError(f"text file not found: {text}")
     if gguf and not Path(gguf).is_file():
         raise EdgepackError(f"GGUF not found: {gguf}")
     threads = threads or default_threads()
     report = {"bundle": str(b.path), "format": b.format, "threads": threads, "prefill_tokens": prefill,
-              "decode_tokens": decode, "engines": {}, "skipped": {}}
+              "decode_tokens": decode, "context": b.max_context, "runs": runs, "engines": {}, "skipped": {}}
     from edgepack.runtime import litert_cache
 
     # Both LiteRT engines keep XNNPACK's packed weights in a cache; the runs measured are the
     # loads after the first (which packs them and peaks higher), as a deployed app's are.
     if litert_cache.warm_up(b):
         log("first load: XNNPACK packed the weights into edgepack's cache (runtime/litert_cache.py)")
-    log(f"edgepack ({b.format}) ...")
-    report["engines"]["edgepack"] = _child(_OURS, b.path, prefill, decode, threads, text)
-    if compare:
-        _compare(b, report, prefill, decode, threads, text, gguf, log)
+    with tempfile.TemporaryDirectory() as scratch:
+        engines = {"edgepack": lambda: _child(_OURS, b.path, prefill, decode, threads, text)}
+        if compare:
+            engines |= _peers(b, report, prefill, decode, threads, Path(text), gguf, Path(scratch), log)
+        report["load_average"] = {"before": list(os.getloadavg())}
+        measured: dict[str, list[dict]] = {name: [] for name in engines}
+        for i in range(runs):
+            for name, run in engines.items():
+                log(f"run {i + 1}/{runs}: {name} ...")
+                measured[name].append(_counted(name, run(), prefill, decode))
+        report["load_average"]["after"] = list(os.getloadavg())
+    for name, results in measured.items():
+        report["engines"][name] = _summary(results) | {k: v for k, v in results[0].items() if k not in FIGURES}
     log("read bandwidth ...")
     bandwidth = peers.read_bandwidth(threads)
     report["roofline"] = {"decode_bytes": decode_bytes(b), "read_bandwidth_gb_s": bandwidth / 1e9,
@@ -121,64 +148,84 @@ def bench(bundle: str | Path, prefill: int = 512, decode: int = 128, threads: in
     return report
 
 
-def _compare(b, report: dict, prefill: int, decode: int, threads: int, text: Path, gguf: str | None, log) -> None:
+def _counted(name: str, result: dict, prefill: int, decode: int) -> dict:
+    """The run's result, once its own counts of prompt and generated tokens match what was asked."""
+    if (result["prefilled"], result["decoded"]) != (prefill, decode):
+        raise EdgepackError(f"{name} prefilled {result['prefilled']} and decoded {result['decoded']} tokens, "
+                            f"not the {prefill} and {decode} asked: its figures would not compare")
+    return result
+
+
+def _summary(results: list[dict]) -> dict:
+    """Medians of the runs' figures, their min-max under "spread"."""
+    out = {key: statistics.median(r[key] for r in results) for key in FIGURES}
+    out["spread"] = {key: [min(r[key] for r in results), max(r[key] for r in results)] for key in FIGURES}
+    return out
+
+
+def _peers(b, report: dict, prefill: int, decode: int, threads: int, text: Path, gguf: str | None,
+           scratch: Path, log) -> dict[str, Callable[[], dict]]:
+    """The peers that can run here, each as a function that runs it once; the others are skipped with
+    a reason in the report."""
     def skip(name: str, why: str) -> None:
         log(f"{name}: skipped ({why})")
         report["skipped"][name] = why
 
+    found: dict[str, Callable[[], dict]] = {}
+    context = b.max_context
     if b.format != "litertlm":
         skip("litert-lm", "it runs .litertlm bundles only")
+    elif importlib.util.find_spec("litert_lm") is None:  # not imported here: it starts a LiteRT runtime
+        skip("litert-lm", "not installed: pip install litert-lm-api")
     else:
-        if importlib.util.find_spec("litert_lm") is None:  # not imported here: it starts a LiteRT runtime
-            skip("litert-lm", "not installed: pip install litert-lm-api")
-        else:
-            model, cache = b.file(b.graph.file), peers.litert_lm_cache(b)
-            with cache as folder:
-                if not any(Path(folder).iterdir()):
-                    log("LiteRT-LM's first load: it packs the weights into its cache ...")
-                    _child(peers.LITERT_LM, model, 2, 1, threads, folder)
-                log("LiteRT-LM on the same .litertlm ...")
-                report["engines"]["litert-lm"] = _child(peers.LITERT_LM, model, prefill, decode, threads, folder)
-    _compare_ort_genai(b, report, prefill, decode, threads, text, skip, log)
+        model = b.file(b.graph.file)
+        folder = peers.litert_lm_cache(b) or scratch  # its packed weights, from a first load not measured
+        if not any(folder.iterdir()):
+            log("LiteRT-LM's first load: it packs the weights into its cache ...")
+            _child(peers.LITERT_LM, model, 2, 1, threads, folder, context, text)
+        found["litert-lm"] = lambda: _child(peers.LITERT_LM, model, prefill, decode, threads, folder, context, text)
+
+    bits = b.plan.precision.quantization
+    genai_model = peers.ort_genai_models_dir() / f"gemma-3-270m-{bits}"
+    if _source_gguf(b, None) is None or bits not in ("int8", "int4"):
+        skip("onnxruntime-genai", "peer models exist for the built-in gemma-3-270m at int8/int4 only")
+    elif not (peers.ort_genai_dir() / "onnxruntime_genai").is_dir() or not (genai_model / "genai_config.json").exists():
+        skip("onnxruntime-genai", "not built: benchmarks/build_peers.sh installs it and builds its models")
+    else:
+        env = _env_with(peers.ort_genai_dir())
+        found["onnxruntime-genai"] = lambda: _child(peers.ORT_GENAI, genai_model, prefill, decode, threads, text,
+                                                    context, env=env) | {"weights": f"its builder, -p {bits}"}
+
     source = _source_gguf(b, gguf)
     if source is None:
         skip("llama.cpp", "no GGUF for these weights: pass --gguf")
     elif not (peers.llama_cpp_dir() / "llama_cpp").is_dir():
         skip("llama.cpp", f"not built: benchmarks/build_peers.sh builds it into {peers.llama_cpp_dir()}")
     else:
-        log(f"llama.cpp on {source.name} ...")
-        report["engines"]["llama.cpp"] = _child(peers.LLAMA_CPP, source, prefill, decode, threads, text,
-                                                env=_env_with(peers.llama_cpp_dir()))
-        report["engines"]["llama.cpp"]["weights"] = source.name
-
-
-def _compare_ort_genai(b, report, prefill, decode, threads, text, skip, log) -> None:
-    bits = b.plan.precision.quantization
-    model = peers.ort_genai_models_dir() / f"gemma-3-270m-{bits}"
-    if _source_gguf(b, None) is None or bits not in ("int8", "int4"):
-        skip("onnxruntime-genai", "peer models exist for the built-in gemma-3-270m at int8/int4 only")
-    elif not (peers.ort_genai_dir() / "onnxruntime_genai").is_dir() or not (model / "genai_config.json").exists():
-        skip("onnxruntime-genai", "not built: benchmarks/build_peers.sh installs it and builds its models")
-    else:
-        log(f"onnxruntime-genai on its own {bits} build of the same weights ...")
-        report["engines"]["onnxruntime-genai"] = _child(peers.ORT_GENAI, model, prefill, decode, threads, text,
-                                                        env=_env_with(peers.ort_genai_dir()))
-        report["engines"]["onnxruntime-genai"]["weights"] = f"its builder, -p {bits}"
+        env = _env_with(peers.llama_cpp_dir())
+        found["llama.cpp"] = lambda: _child(peers.LLAMA_CPP, source, prefill, decode, threads, text, context,
+                                            env=env) | {"weights": source.name}
+    return found
 
 
 def format_report(r: dict) -> str:
     keys = [("load_s", "load s", "{:.2f}"), ("ttft_s", "TTFT s", "{:.3f}"),
             ("prefill_tok_s", "prefill tok/s", "{:.1f}"), ("decode_tok_s", "decode tok/s", "{:.1f}"),
             ("peak_rss_mib", "peak RSS MiB", "{:,.0f}")]
+    load = r["load_average"]
     lines = [f"{r['bundle']} ({r['format']}), {r['threads']} threads, prefill {r['prefill_tokens']} tokens, "
-             f"decode {r['decode_tokens']} tokens",
-             f"{'engine':<12}" + "".join(f"{label:>15}" for _, label, _ in keys)]
+             f"decode {r['decode_tokens']} tokens, context {r['context']}; median of {r['runs']} runs each, "
+             f"alternating (min-max below); load average {load['before'][0]:.2f} before, {load['after'][0]:.2f} after",
+             f"{'engine':<18}" + "".join(f"{label:>15}" for _, label, _ in keys)]
     for name, e in r["engines"].items():
-        lines.append(f"{name:<12}" + "".join(f"{fmt.format(e[k]):>15}" for k, _, fmt in keys))
+        lines.append(f"{name:<18}" + "".join(f"{fmt.format(e[k]):>15}" for k, _, fmt in keys))
+        lines.append(f"{'':<18}" + "".join(f"{fmt.format(e['spread'][k][0]) + '-' + fmt.format(e['spread'][k][1]):>15}"
+                                           for k, _, fmt in keys))
     ours = r["engines"]["edgepack"]
     for name, peer in r["engines"].items():
         if name != "edgepack":
             lines.append(f"edgepack / {name}: prefill {ours['prefill_tok_s'] / peer['prefill_tok_s']:.2f}x, "
+                         f"time to first token {ours['ttft_s'] / peer['ttft_s']:.2f}x, "
                          f"decode {ours['decode_tok_s'] / peer['decode_tok_s']:.2f}x, "
                          f"peak RSS {ours['peak_rss_mib'] / peer['peak_rss_mib']:.2f}x")
     for name, why in r.get("skipped", {}).items():

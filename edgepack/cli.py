@@ -150,7 +150,7 @@ def _eval(a) -> None:
 def _bench(a) -> None:
     from edgepack.bench import bench, format_report
 
-    report = bench(a.bundle, a.prefill, a.decode, a.threads, a.compare, a.text, a.gguf,
+    report = bench(a.bundle, a.prefill, a.decode, a.threads, a.compare, a.text, a.gguf, a.runs,
                    log=lambda m: print(m, file=sys.stderr))
     print(json.dumps(report, indent=2) if a.json else format_report(report))
 
@@ -361,9 +361,13 @@ def parser() -> argparse.ArgumentParser:
                                    ".litertlm file, llama.cpp on the source GGUF (built once by "
                                    "benchmarks/build_peers.sh). Peers that are missing are skipped with a reason. "
                                    "The LiteRT engines are measured on a load after the first, which packs "
-                                   "the weights into a cache (EDGEPACK_CACHE) and is done first if needed.")
+                                   "the weights into a cache (EDGEPACK_CACHE) and is done first if needed. "
+                                   "Every engine gets the same prompt tokens, decoded tokens and context; "
+                                   "each runs --runs times, alternating, and the figures are medians with "
+                                   "the min-max beside them (edgepack/bench.py says how each is taken).")
     k.add_argument("--prefill", type=int, default=512, help="prompt tokens (default: 512)")
     k.add_argument("--decode", type=int, default=128, help="generated tokens (default: 128)")
+    k.add_argument("--runs", type=int, default=5, help="runs of each engine, alternating (default: 5)")
     k.add_argument("--compare", action="store_true", help="also run the peers on the same weights")
     k.add_argument("--gguf", help="the GGUF llama.cpp runs with --compare (default: the bundle's source, "
                                   "when it is the built-in gemma-3-270m)")

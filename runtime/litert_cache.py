@@ -46,6 +46,14 @@ from edgepack.errors import EdgepackError
 from edgepack.system import CACHE_ENV, cache_root, check_private_folder, litert_api, lock_exclusive
 
 COPY_BLOCK, READ_BLOCK = 1 << 30, 16 << 20
+# XNNPACK's delegate flags (tflite/delegates/xnnpack/xnnpack_delegate.h): QS8 | QU8 (LiteRT's
+# default) and DYNAMIC_FULLY_CONNECTED, which lets XNNPACK run the fully-connected ops whose weights
+# are not constants (attention's products with the cache) and the dynamic-range int8/int4 ones with
+# its own kernels; without it they fall back to TFLite's builtin kernels. The 270M int4, 512-token
+# prompt, 2 threads: prefill 498 -> 1,333 tok/s, decode 60 -> 82; perplexity on GPL-3 17.16 ->
+# 17.15 (int8: 16.22 -> 16.25) (benchmarks/litert_flags.py, docs/benchmarks.md). The packed weights
+# depend on the flags: they name the file.
+XNNPACK_FLAGS = 0x1 | 0x2 | 0x8
 BLOCK, SAMPLED_BLOCKS = 1 << 20, 16  # the cached copy's check: digests per MiB, 16 checked per load
 # One token through the engine: XNNPACK packs the weights when a signature first runs.
 _WARM_UP = """
@@ -70,7 +78,7 @@ def planned_files(b: Bundle, root: Path | None = None) -> MainModelFiles | None:
         return None
     sha = b.plan.file_entry(b.graph.file).sha256  # 64 hex digits, checked when the manifest was read
     folder = root / "litert" / f"{sha[:24]}-{b.main_section.offset}-{metadata.version('ai-edge-litert')}"
-    return MainModelFiles(folder / "main.tflite", folder / "main.xnnpack_cache")
+    return MainModelFiles(folder / "main.tflite", folder / f"main.xnnpack-{XNNPACK_FLAGS:x}")
 
 
 @contextlib.contextmanager

@@ -82,7 +82,7 @@ def _load_compiled_model(rt: types.SimpleNamespace, b: Bundle, files: litert_cac
     from ai_edge_litert.compiled_model import CompiledModel
 
     cpu = options.Options(cpu_options=options.CpuOptions(
-        num_threads=threads or default_threads(),
+        num_threads=threads or default_threads(), xnnpack_flags=litert_cache.XNNPACK_FLAGS,
         xnnpack_weight_cache_path=str(files.packed_weights) if files else ""))
     path = b.file(b.graph.file)
     try:

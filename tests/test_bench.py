@@ -9,14 +9,21 @@ import json
 def test_bench_reports_edgepack_and_litert_lm(bundle, capsys):
     from edgepack.cli import main
 
-    assert main(["bench", str(bundle("gemma3n_multimodal", "litertlm")), "--prefill", "20", "--decode", "8",
-                 "--threads", "2", "--compare", "--json"]) == 0
+    folder = bundle("gemma3n_multimodal", "litertlm")
+    assert main(["bench", str(folder), "--prefill", "20", "--decode", "8", "--threads", "2", "--runs", "2",
+                 "--compare", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["threads"] == 2 and report["prefill_tokens"] == 20 and report["decode_tokens"] == 8
+    assert report["runs"] == 2
+    assert report["context"] == json.loads((folder / "manifest.json").read_text())["max_context"]
     assert set(report["engines"]) == {"edgepack", "litert-lm"}
     for engine in report["engines"].values():
+        # each engine's own count of the tokens it prefilled and decoded (LiteRT-LM's from its benchmark)
+        assert (engine["prefilled"], engine["decoded"]) == (20, 8)
         for key in ("load_s", "ttft_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mib"):
-            assert engine[key] > 0, (engine, key)
+            low, high = engine["spread"][key]
+            assert 0 < low <= engine[key] <= high, (engine, key)  # the median lies within its runs
+    assert len(report["load_average"]["before"]) == 3
     # a safetensors source: no GGUF for llama.cpp, no onnxruntime-genai build; each says why
     assert set(report["skipped"]) == {"llama.cpp", "onnxruntime-genai"}
     assert "GGUF" in report["skipped"]["llama.cpp"]
