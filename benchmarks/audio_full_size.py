@@ -96,6 +96,7 @@ def litert_lm_times(litertlm: Path, clip: Path, runs: int, cache: Path) -> dict:
     import litert_lm
 
     cpu = litert_lm.Backend.CPU(thread_count=2)
+    cache.mkdir(parents=True, exist_ok=True)  # it refuses a folder that does not exist
     engine = litert_lm.Engine(str(litertlm), backend=cpu, audio_backend=cpu, cache_dir=str(cache))
     out = {}
     for name, content in (("with_audio", [{"type": "audio", "path": str(clip)}, {"type": "text", "text": "Hi."}]),
