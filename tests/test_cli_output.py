@@ -18,7 +18,7 @@ import pytest
 GPL3 = "/usr/share/common-licenses/GPL-3"
 # What edgepack itself writes on stderr: its prefixed lines, export's stages and table, bench's steps.
 OWN = re.compile(r"edgepack[: (]|source: |notice: |slicing: |(reading weights|lowering|quantizing|packaging|writing)\b"
-                 r"|quantization:$|  \S|wrote |read bandwidth \.\.\.$|first load: "
+                 r"|quantization:$|  \S|wrote |read bandwidth \.\.\.$|first load: |run \d+/\d+: "
                  r"|\S+: \d+ tensors, [\d.]+B parameters")  # synth's summary
 
 
@@ -56,7 +56,7 @@ def test_bundle_commands_write_only_edgepack_lines(bundle, fmt, tmp_path):
         ["inspect", folder],
         ["eval", folder, "--text", GPL3, "--tokens", "16"],
         ["profile", folder, "--prompt-tokens", "8", "--tokens", "4"],
-        ["bench", folder, "--prefill", "8", "--decode", "4"],
+        ["bench", folder, "--prefill", "8", "--decode", "4", "--runs", "2"],
         ["keygen", str(tmp_path / "key")],
         ["sign", str(signed), "--key", str(tmp_path / "key")],
         ["inspect", str(signed), "--trusted-key", str(tmp_path / "key.pub")],
