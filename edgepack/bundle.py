@@ -182,9 +182,7 @@ class Bundle:
         if section is None:
             raise EdgepackError(f"{self.path}: the .litertlm has no HF_Tokenizer_Zlib section")
         ours = self.file(self.plan.tokenizer.file).read_bytes()
-        with open(self.file(self.graph.file), "rb") as f:
-            f.seek(section.offset)
-            blob = f.read(section.size)
+        blob = self.read_section(section)
         inflate = zlib.decompressobj()
         try:  # 8 bytes of uncompressed size, then zlib; never inflated past tokenizer.json's size
             theirs = inflate.decompress(blob[8:], len(ours) + 1)
@@ -228,6 +226,12 @@ class Bundle:
         if self.format == "onnx":
             return sum(f.size for f in self.plan.files if f.role in ("graph", "weights"))
         return self.main_section.size
+
+    def read_section(self, section: Section) -> bytes:
+        """A .litertlm section's bytes, read from the graph file."""
+        with open(self.file(self.graph.file), "rb") as f:
+            f.seek(section.offset)
+            return f.read(section.size)
 
     @property
     def main_section(self) -> Section:

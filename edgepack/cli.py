@@ -318,7 +318,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     r.add_argument("--chat", action="store_true", help="wrap the prompt in the bundle's chat template")
     r.add_argument("--audio", action="append", metavar="FILE.wav",
-                   help="Gemma 3n with audio (ONNX bundles): a speech clip placed before the prompt's text, "
+                   help="Gemma 3n bundles with audio: a speech clip placed before the prompt's text, "
                         "e.g. --audio talk.wav --prompt 'Transcribe this audio.'; WAV, 8-48 kHz, at most 30 s; "
                         "repeatable (clips in order)")
     r.add_argument("--stats", action="store_true",

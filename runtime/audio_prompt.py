@@ -91,11 +91,8 @@ class AudioEncoder:
             sec = next((s for s in b.graph.sections or [] if s.model_type == kind), None)
             if sec is None:
                 raise EdgepackError(f"{b.path}: the .litertlm has no {kind} section")
-            with open(b.file(b.graph.file), "rb") as f:
-                f.seek(sec.offset)
-                content = f.read(sec.size)
             try:
-                it = Interpreter(model_content=content, num_threads=threads)
+                it = Interpreter(model_content=b.read_section(sec), num_threads=threads)
                 runners.append(it.get_signature_runner(next(iter(it.get_signature_list()))))
             except Exception as e:  # LiteRT raises ValueError and RuntimeError, StopIteration without signatures
                 raise EdgepackError(f"{b.path}: LiteRT cannot load its {kind} section: {str(e).splitlines()[0][:200]}") from None
@@ -128,7 +125,7 @@ class AudioEncoder:
                 raise EdgepackError(f"the audio encoder failed on a clip: {str(e).splitlines()[0][:200]}") from None
             emb, valid = emb[0], valid[0].astype(bool)
             n = self.settings.soft_tokens
-            emb, valid = emb[:valid.nonzero()[0].max() + 1 if valid.any() else 0], valid  # a fixed-length graph's tail
+            emb = emb[:valid.nonzero()[0].max() + 1 if valid.any() else 0]  # a fixed-length graph's tail
             if len(emb) > n:
                 raise EdgepackError(f"a clip gives {len(emb)} audio tokens; the model takes {n} per clip")
             tokens = np.repeat(self.padding[None], n, axis=0)

@@ -111,7 +111,7 @@ class Generator:
         a = self.bundle.plan.audio if clips else None
         if clips and a is None:
             raise EdgepackError(f"{self.bundle.path} has no audio encoder: export a Gemma 3n checkpoint with its "
-                                f"audio tower to ONNX for audio prompts")
+                                f"audio tower for audio prompts")
         text = audio_prompt.MARK * clips + prompt
         if chat:
             if not self.chat_template:

@@ -67,11 +67,7 @@ def check_row_stores(b: Bundle) -> None:
 def _main_section(b: Bundle) -> tuple[Path, bytes]:
     """The prefill/decode TFLite model read out of the .litertlm into memory, for the Interpreter
     (which takes a model as bytes or a file of its own) and a CompiledModel without a cache."""
-    main = b.main_section
-    path = b.file(b.graph.file)
-    with open(path, "rb") as f:
-        f.seek(main.offset)
-        return path, f.read(main.size)
+    return b.file(b.graph.file), b.read_section(b.main_section)
 
 
 def _load_compiled_model(rt: types.SimpleNamespace, b: Bundle, files: litert_cache.MainModelFiles | None,
