@@ -1,4 +1,4 @@
-"""Bundles against transformers: greedy tokens equal, per-step logits within 1e-3.
+"""Bundles against transformers: greedy tokens equal (up to near-ties), per-step logits within 1e-3.
 
 Both formats (the .litertlm through both of LiteRT's APIs: CompiledModel, and the Interpreter that
 cores without LSE atomics use), three tiny checkpoints (Gemma 3n multimodal layout with KV sharing, activation
@@ -34,6 +34,26 @@ def reference_greedy(model, ids: list[int], n: int):
     return out.sequences[0, len(ids):].tolist(), [l[0].numpy() for l in out.logits]
 
 
+def assert_follows_reference(model, ids: list[int], steps: list, tol: float = 1e-3) -> None:
+    """Every greedy step of ours against transformers' logits for the same prefix: within `tol`,
+    and our token transformers' argmax. A random tiny model's top two logits are at times closer
+    than the float error of two correct implementations (a near-tie: within 2 * tol, which logits
+    within tol on both sides imply), and there the two may pick differently. Then transformers
+    goes on from our token, so every step is still checked against the reference for its prefix."""
+    done = 0
+    while done < len(steps):
+        prefix = ids + [s.token for s in steps[:done]]
+        want, want_logits = reference_greedy(model, prefix, len(steps) - done)
+        for step, token, ref in zip(steps[done:], want, want_logits):
+            err = float(np.abs(step.logits - ref).max())
+            assert err < tol, f"step {done}: max abs logit error {err}"
+            done += 1
+            if step.token != token:
+                gap = float(ref[token] - ref[step.token])
+                assert gap < 2 * tol, f"step {done - 1}: took {step.token}, transformers {token}, {gap:.2g} below its top"
+                break
+
+
 @pytest.mark.parametrize("fmt,api", ENGINES)
 @pytest.mark.parametrize("name", MODELS)
 def test_greedy_and_logits_match_transformers(name, fmt, api, bundle, reference, monkeypatch):
@@ -52,12 +72,9 @@ def test_greedy_and_logits_match_transformers(name, fmt, api, bundle, reference,
         ids = gen.encode(prompt)
         steps = []
         ours = list(gen.generate_ids(ids, NEW_TOKENS, on_step=steps.append))
-        want, want_logits = reference_greedy(reference(name), ids, NEW_TOKENS)
+        assert_follows_reference(reference(name), ids, steps)
         chosen = [s.token for s in steps]
-        assert chosen == want[:len(chosen)], prompt
         # Either all 32 tokens came out, or generation stopped on one of the bundle's stop ids.
         assert len(chosen) == NEW_TOKENS or chosen[-1] in gen.stop_ids
         assert ours == [t for t in chosen if t not in gen.stop_ids]
-        err = max(float(np.abs(s.logits - ref).max()) for s, ref in zip(steps, want_logits))
-        assert err < 1e-3, f"{prompt!r}: max abs logit error {err}"
 

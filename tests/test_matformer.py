@@ -6,7 +6,7 @@
 - A tiny E4B-shaped checkpoint (6 layers, the last 2 KV-shared, FFNs 64 wide with 32 nested),
   cut three ways by `edgepack slice`: transformers loads each slice
   with no missing keys, and edgepack's bundles of it, both formats, reproduce transformers' greedy
-  tokens with logits within 1e-3. Cutting while exporting (`export --matformer`) writes the same
+  tokens (up to near-ties) with logits within 1e-3. Cutting while exporting (`export --matformer`) writes the same
   bundle as slicing first, float and int4.
 - Bad configurations end in one line and exit code 2.
 """
@@ -20,12 +20,11 @@ import math
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from checkpoints import E4B_LIKE
 from test_cli_output import edgepack, foreign_lines
-from test_equivalence import NEW_TOKENS, PROMPTS, reference_greedy
+from test_equivalence import NEW_TOKENS, PROMPTS, assert_follows_reference
 
 from edgepack.converters import matformer
 from edgepack.converters.synth import layout
@@ -120,10 +119,7 @@ def test_slice_loads_in_transformers_and_bundles_match_it(name, sliced, shared):
             ids = gen.encode(prompt)
             steps = []
             list(gen.generate_ids(ids, NEW_TOKENS, on_step=steps.append))
-            want, want_logits = reference_greedy(reference, ids, NEW_TOKENS)
-            assert [s.token for s in steps] == want[:len(steps)], (fmt, prompt)
-            err = max(float(np.abs(s.logits - ref).max()) for s, ref in zip(steps, want_logits))
-            assert err < 1e-3, f"{fmt} {prompt!r}: max abs logit error {err}"
+            assert_follows_reference(reference, ids, steps)
 
 
 def _digests(folder) -> dict:
