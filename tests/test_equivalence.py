@@ -27,14 +27,15 @@ PROMPTS = [
 NEW_TOKENS = 32
 
 
-def reference_greedy(model, ids: list[int], n: int):
+def reference_greedy(model, ids: list[int], n: int, **inputs):
+    """transformers' greedy continuation of `ids` (and any other model inputs): tokens, logits."""
     with torch.no_grad():
         out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=None,
-                             pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+                             pad_token_id=0, output_logits=True, return_dict_in_generate=True, **inputs)
     return out.sequences[0, len(ids):].tolist(), [l[0].numpy() for l in out.logits]
 
 
-def assert_follows_reference(model, ids: list[int], steps: list, tol: float = 1e-3) -> None:
+def assert_follows_reference(model, ids: list[int], steps: list, tol: float = 1e-3, **inputs) -> None:
     """Every greedy step of ours against transformers' logits for the same prefix: within `tol`,
     and our token transformers' argmax. A random tiny model's top two logits are at times closer
     than the float error of two correct implementations (a near-tie: within 2 * tol, which logits
@@ -43,7 +44,7 @@ def assert_follows_reference(model, ids: list[int], steps: list, tol: float = 1e
     done = 0
     while done < len(steps):
         prefix = ids + [s.token for s in steps[:done]]
-        want, want_logits = reference_greedy(model, prefix, len(steps) - done)
+        want, want_logits = reference_greedy(model, prefix, len(steps) - done, **inputs)
         for step, token, ref in zip(steps[done:], want, want_logits):
             err = float(np.abs(step.logits - ref).max())
             assert err < tol, f"step {done}: max abs logit error {err}"
