@@ -51,6 +51,12 @@ def cpu_name() -> str:
     return platform.processor()
 
 
+def _components(fmt: str, quant: str) -> dict:
+    """What the bundle's manifest says each component is stored as (precisions and bytes)."""
+    manifest = json.loads((ROOT / "bundles" / f"270m-{fmt}-{quant}" / "manifest.json").read_text())
+    return manifest["precision"]["components"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -103,6 +109,11 @@ def main() -> None:
             lines.append(f"| {fmt} {quant} | {name} | {weights} | {cell(e, 'load_s', '{:.2f}')} | "
                          f"{cell(e, 'ttft_s', '{:.3f}')} | {cell(e, 'prefill_tok_s', '{:.0f}')} | "
                          f"{cell(e, 'decode_tok_s', '{:.1f}')} | {e['peak_rss_mib']:,.0f} | {ratio} |")
+    same = [fmt for fmt in ("onnx", "litertlm") if (fmt, "int8") in rows and _components(fmt, "int8") == _components(fmt, "int4")]
+    if same:  # the recipes keep a GGUF's own 4- and 6-bit grids where the format can hold them
+        lines += ["", f"The {' and '.join(same)} int8 and int4 bundles hold the same tensors: both recipes keep the "
+                  "GGUF's own Q4_K / Q6_K grids where the format can hold them (`source_grid: keep`, "
+                  "docs/quantization.md), and the rest is int8 in both."]
     loads = [x for r in rows.values() for x in (r["load_average"]["before"][0], r["load_average"]["after"][0])]
     lines += ["", f"Load average (1 min) before and after each bundle's runs: {min(loads):.2f}-{max(loads):.2f}."]
     lines += ["", "## Decode roofline", "",

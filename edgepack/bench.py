@@ -75,6 +75,12 @@ def _child(code: str, *args, env: dict | None = None) -> dict:
     return result
 
 
+def _runner(code: str, *args, env: dict | None = None, weights: str | None = None) -> Callable[[], dict]:
+    """One run of an engine's child script, its arguments bound now: a lambda would read `env` when
+    it runs, after the next peer had reassigned it (onnxruntime-genai ran with llama.cpp's path)."""
+    return lambda: _child(code, *args, env=env) | ({"weights": weights} if weights else {})
+
+
 def _env_with(path: Path) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(path)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
@@ -183,7 +189,7 @@ def _peers(b, report: dict, prefill: int, decode: int, threads: int, text: Path,
         if not any(folder.iterdir()):
             log("LiteRT-LM's first load: it packs the weights into its cache ...")
             _child(peers.LITERT_LM, model, 2, 1, threads, folder, context, text)
-        found["litert-lm"] = lambda: _child(peers.LITERT_LM, model, prefill, decode, threads, folder, context, text)
+        found["litert-lm"] = _runner(peers.LITERT_LM, model, prefill, decode, threads, folder, context, text)
 
     bits = b.plan.precision.quantization
     genai_model = peers.ort_genai_models_dir() / f"gemma-3-270m-{bits}"
@@ -192,9 +198,8 @@ def _peers(b, report: dict, prefill: int, decode: int, threads: int, text: Path,
     elif not (peers.ort_genai_dir() / "onnxruntime_genai").is_dir() or not (genai_model / "genai_config.json").exists():
         skip("onnxruntime-genai", "not built: benchmarks/build_peers.sh installs it and builds its models")
     else:
-        env = _env_with(peers.ort_genai_dir())
-        found["onnxruntime-genai"] = lambda: _child(peers.ORT_GENAI, genai_model, prefill, decode, threads, text,
-                                                    context, env=env) | {"weights": f"its builder, -p {bits}"}
+        found["onnxruntime-genai"] = _runner(peers.ORT_GENAI, genai_model, prefill, decode, threads, text, context,
+                                             env=_env_with(peers.ort_genai_dir()), weights=f"its builder, -p {bits}")
 
     source = _source_gguf(b, gguf)
     if source is None:
@@ -202,9 +207,8 @@ def _peers(b, report: dict, prefill: int, decode: int, threads: int, text: Path,
     elif not (peers.llama_cpp_dir() / "llama_cpp").is_dir():
         skip("llama.cpp", f"not built: benchmarks/build_peers.sh builds it into {peers.llama_cpp_dir()}")
     else:
-        env = _env_with(peers.llama_cpp_dir())
-        found["llama.cpp"] = lambda: _child(peers.LLAMA_CPP, source, prefill, decode, threads, text, context,
-                                            env=env) | {"weights": source.name}
+        found["llama.cpp"] = _runner(peers.LLAMA_CPP, source, prefill, decode, threads, text, context,
+                                     env=_env_with(peers.llama_cpp_dir()), weights=source.name)
     return found
 
 

@@ -36,6 +36,13 @@ class TiedEmbedding(nn.Embedding):
         return h @ self.weight.T
 
 
+def onnx_rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / rms(x) in the form onnxruntime fuses into one SimplifiedLayerNormalization: a division
+    by the square root (it leaves `x * rsqrt(...)` as six ops; the 270M's graph: 1,827 -> 1,173
+    nodes, decode ~5% faster). TFLite keeps transformers' own form."""
+    return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
 class RMSNorm(nn.Module):
     """Gemma 3n's norm: `x / rms(x) * weight` (no weight for the value norm)."""
 
@@ -45,7 +52,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if with_scale else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x * torch.pow(x.pow(2).mean(-1, keepdim=True) + self.eps, -0.5)
+        if torch.onnx.is_in_onnx_export():
+            x = onnx_rms_normalize(x, self.eps)
+        else:
+            x = x * torch.pow(x.pow(2).mean(-1, keepdim=True) + self.eps, -0.5)  # as transformers' Gemma 3n
         return x if self.weight is None else x * self.weight
 
 
@@ -58,7 +68,9 @@ class OffsetRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * (1.0 + self.weight)
+        if torch.onnx.is_in_onnx_export():
+            return onnx_rms_normalize(x, self.eps) * (1.0 + self.weight)
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * (1.0 + self.weight)  # as Gemma 3
 
 
 def rope_inv_freq(head_dim: int, theta: float, factor: float = 1.0) -> torch.Tensor:
