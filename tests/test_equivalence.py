@@ -27,32 +27,38 @@ PROMPTS = [
 NEW_TOKENS = 32
 
 
-def reference_greedy(model, ids: list[int], n: int, **inputs):
-    """transformers' greedy continuation of `ids` (and any other model inputs): tokens, logits."""
-    with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=None,
-                             pad_token_id=0, output_logits=True, return_dict_in_generate=True, **inputs)
-    return out.sequences[0, len(ids):].tolist(), [l[0].numpy() for l in out.logits]
-
-
 def assert_follows_reference(model, ids: list[int], steps: list, tol: float = 1e-3, **inputs) -> None:
     """Every greedy step of ours against transformers' logits for the same prefix: within `tol`,
     and our token transformers' argmax. A random tiny model's top two logits are at times closer
     than the float error of two correct implementations (a near-tie: within 2 * tol, which logits
-    within tol on both sides imply), and there the two may pick differently. Then transformers
-    goes on from our token, so every step is still checked against the reference for its prefix."""
-    done = 0
-    while done < len(steps):
-        prefix = ids + [s.token for s in steps[:done]]
-        want, want_logits = reference_greedy(model, prefix, len(steps) - done, **inputs)
-        for step, token, ref in zip(steps[done:], want, want_logits):
-            err = float(np.abs(step.logits - ref).max())
-            assert err < tol, f"step {done}: max abs logit error {err}"
-            done += 1
-            if step.token != token:
-                gap = float(ref[token] - ref[step.token])
-                assert gap < 2 * tol, f"step {done - 1}: took {step.token}, transformers {token}, {gap:.2g} below its top"
-                break
+    within tol on both sides imply), and there the two may pick differently. So transformers'
+    generate is made to take our tokens (its raw logits are still its own), and every step is
+    checked against its incremental decoding of our prefix."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    ours = [s.token for s in steps]
+
+    class TakeOurs(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            i = input_ids.shape[1] - len(ids)
+            if i >= len(ours):  # past where ours stopped (a stop id): transformers' own choice
+                return scores
+            forced = torch.full_like(scores, -torch.inf)
+            forced[:, ours[i]] = 0
+            return forced
+
+    with torch.no_grad():  # NEW_TOKENS at least, whatever ours stopped at: every call alike
+        out = model.generate(torch.tensor([ids]), max_new_tokens=max(len(ours), NEW_TOKENS), do_sample=False,
+                             eos_token_id=None, pad_token_id=0, output_logits=True, return_dict_in_generate=True,
+                             logits_processor=LogitsProcessorList([TakeOurs()]), **inputs)
+    assert out.sequences[0, len(ids):len(ids) + len(ours)].tolist() == ours
+    for i, (step, ref) in enumerate(zip(steps, out.logits)):
+        ref = ref[0].numpy()
+        err = float(np.abs(step.logits - ref).max())
+        assert err < tol, f"step {i}: max abs logit error {err}"
+        top = int(ref.argmax())
+        gap = float(ref[top] - ref[step.token])
+        assert gap < 2 * tol, f"step {i}: took {step.token}, transformers {top}, {gap:.2g} below its top"
 
 
 @pytest.mark.parametrize("fmt,api", ENGINES)
