@@ -131,7 +131,6 @@ def test_greedy_and_logits_match_transformers(name, fmt, api, bundle, reference,
         assert ours == [t for t in chosen if t not in gen.stop_ids]
 
 
-
 if __name__ == "__main__":  # reference_logits_in_a_fresh_process: SOURCE IDS OURS OUT.npy
     from edgepack.converters.reference import load_transformers
 
