@@ -8,6 +8,7 @@ hidden folder and renamed into place at the end.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import shutil
 import time
@@ -22,6 +23,7 @@ from edgepack.converters.planner import ExportPlan, plan_export
 from edgepack.converters.progress import Stages
 from edgepack.converters.source import Source
 from edgepack.errors import EdgepackError
+from edgepack.system import release_freed_heap
 
 DEFAULT_CONTEXT = 2048  # or the model's positions, when fewer
 DEFAULT_PREFILL = 128  # tokens per prefill call of a .litertlm (LiteRT-LM's prefill_<N>), or the context
@@ -114,9 +116,14 @@ def _write_onnx(stage: Path, p: ExportPlan, src: Source, stages: Stages) -> dict
         onnx_export.export(p.decoder, p.config, p.max_context, p.graph.cache_lengths, stage / p.graph.file,
                            per_layer=p.family.per_layer_input("onnx"),
                            multimodal_offset=audio.multimodal_offset if audio else None)
+    # the text graph is written: what comes after (the audio tower, the row stores) starts without
+    # its weights (onnx_export frees the exporter's hold on them)
+    p.decoder = None
+    gc.collect()
+    release_freed_heap()
     files = [(p.graph.file, "graph"), (p.graph.file + ".data", "weights")]
     row_stores, written = {}, {}
-    if p.audio is not None:
+    if p.audio_settings is not None:
         files += _write_audio(stage, p, src, stages, row_stores)
         written["audio"] = _audio_entry(gemma3n_audio.ENCODER_FILE, p, src)
     for name, table in p.tables.items():
@@ -135,19 +142,19 @@ def _write_audio(stage: Path, p: ExportPlan, src: Source, stages: Stages, row_st
 
     name = gemma3n_audio.ENCODER_FILE
     quantized = {n: t for n, t in p.tensors.items() if t.bits != 32}
+    graph = gemma3n_audio.AudioGraph.from_source(src)
     with stages.stage("reading the audio tower and lowering it to ONNX"):
-        load_weights(p.audio, src, quantized, progress=stages.console)
-        onnx_export.export_audio(p.audio, stage / name)
-    return [(name, "audio_encoder"), (name + ".data", "audio_weights"), _write_audio_vocab(stage, p, row_stores)]
+        load_weights(graph, src, quantized, progress=stages.console)
+        onnx_export.export_audio(graph, stage / name)
+    return [(name, "audio_encoder"), (name + ".data", "audio_weights"), _write_audio_vocab(stage, graph, p, row_stores)]
 
 
-def _write_audio_vocab(stage: Path, p: ExportPlan, row_stores: dict) -> tuple[str, str]:
-    """embed_audio over its own vocabulary as a float row store; the audio graph's weights go after."""
-    table = p.audio.vocab_table(p.audio_settings)
+def _write_audio_vocab(stage: Path, graph, p: ExportPlan, row_stores: dict) -> tuple[str, str]:
+    """embed_audio over its own vocabulary (`graph`'s embedder weights loaded) as a float row store."""
+    table = graph.vocab_table(p.audio_settings)
     store = gemma3n_audio.VOCAB_STORE
     row_stores[store] = row_tables.write(stage / f"{store}.bin", [table], quant_plan.TensorPlan(
         store, "audio_tower", table.shape, "F32", 32, 0, "float"), 1.0)
-    p.audio = None
     return f"{store}.bin", store
 
 
@@ -190,18 +197,15 @@ def _write_litertlm(stage: Path, p: ExportPlan, src: Source, stop_ids: list[int]
                 litertlm_pieces.export_table_model(lambda rows, t=table: t.module(rows, p.config), table.tensor, src,
                                                    p.tensors[table.tensor], table.signature, models[table.signature])
     extra, audio, row_stores = [], None, {}
-    if p.audio is not None:
-        with stages.stage(f"reading the audio tower and lowering it to TFLite ({gemma3n_audio.ENCODER_FRAMES} frames)"):
-            load_weights(p.audio, src, progress=stages.console)
-            models |= lx.convert_audio(p.audio, p.audio_settings.end_id, work, keep_lowered)
+    if p.audio_settings is not None:
+        graph = gemma3n_audio.AudioGraph.from_source(src)  # built here: its modules' imports stay out of the text stage
         audio_plans = {n: t for n, t in p.tensors.items() if t.component == "audio_tower" and t.bits != 32}
-        if audio_plans:
-            with stages.stage("quantizing the audio tower with ai-edge-quantizer"):
-                weights = {n: w.detach().numpy() for n, w in p.audio.named_parameters()}
-                for name in ("audio_encoder", "audio_adapter"):
-                    tflite_quant.quantize_file(models[name], audio_plans, weights)
+        with stages.stage(f"lowering the audio tower to TFLite ({gemma3n_audio.ENCODER_FRAMES} frames), a block at a time"
+                          + (", quantized as they come" if audio_plans else "")):
+            models |= lx.convert_audio(graph, src, audio_plans, p.audio_settings.end_id, work, keep_lowered,
+                                      stages.console)
         audio = _audio_entry(p.graph.file, p, src)
-        extra.append(_write_audio_vocab(stage, p, row_stores))
+        extra.append(_write_audio_vocab(stage, graph, p, row_stores))
     metadata = lx.llm_metadata(p.family.litertlm_model_type, src.bos_id, stop_ids, p.max_context, src.chat_template)
     with stages.stage("packaging model.litertlm"):
         lx.package(stage / p.graph.file, work, stage / "tokenizer.json", metadata, models)

@@ -70,32 +70,67 @@ def convert_single(module: torch.nn.Module, signature: str, out: Path) -> None:
     litert_torch.signature(signature, module, sample_kwargs=sample).convert().export(str(out))
 
 
-def convert_audio(graph, end_id: int, work: Path, keep: Path | None = None) -> dict[str, Path]:
-    """Gemma 3n's audio sections (models/gemma3n_audio.py): encoder, adapter, end-of-audio, each
-    lowered once for every recipe of a checkpoint when `keep` keeps lowerings (lowered.py)."""
+def convert_audio(graph, src, plans: dict, end_id: int, work: Path, keep: Path | None = None,
+                  progress=None) -> dict[str, Path]:
+    """Gemma 3n's audio sections (models/gemma3n_audio.py): the encoder a piece at a time, each
+    piece's weights read just before it and quantized just after (the float tower is never
+    whole, as the text model's pieces: litertlm_pieces.py), then the adapter and end-of-audio.
+    Each piece is lowered once for every recipe of a checkpoint when `keep` keeps lowerings."""
     import litert_torch
+    from tqdm import tqdm
 
-    from edgepack.converters import lowered
+    from edgepack.converters import lowered, tflite_quant
+    from edgepack.converters.decoder import load_weights, unload_weights
     from edgepack.converters.models import gemma3n_audio as ga
+    from edgepack.converters.tflite_stitch import Piece, stitch
+    from edgepack.system import release_freed_heap
 
     cfg = graph.model.audio_tower.config
     tokens = ga.ENCODER_FRAMES // ga.shrink(cfg)
     if tokens * ga.shrink(cfg) != ga.ENCODER_FRAMES:  # LiteRT-LM requires a whole number of tokens
         raise EdgepackError(f"the audio encoder's {ga.ENCODER_FRAMES} frames are not a multiple of its shrink {ga.shrink(cfg)}")
-    models = {
-        "audio_encoder": (ga.LiteRtEncoder(graph), {"src_inputs": torch.zeros(1, ga.ENCODER_FRAMES, cfg.input_feat_size),
-                                                    "mask": torch.ones(1, ga.ENCODER_FRAMES, dtype=torch.bool)}),
-        "audio_adapter": (ga.LiteRtAdapter(graph), {"audio_mask": torch.ones(1, tokens, dtype=torch.bool),
-                                                    "features": torch.zeros(1, tokens, cfg.hidden_size)}),
-        "end_of_audio": (ga.LiteRtEndOfAudio(graph, end_id), {}),
-    }
-    out = {}
-    for name, (module, sample) in models.items():
-        def lower(path: Path, name=name, module=module.eval(), sample=sample) -> None:
+
+    def convert(name: str, module, sample: dict, params: list[str], out: Path) -> bool:
+        """One graph lowered (or reused) and quantized; its weights must be loaded."""
+        def lower(path: Path) -> None:
             with torch.no_grad(), ga.tflite_friendly():
-                litert_torch.signature(name, module, sample_kwargs=sample).convert().export(str(path))
+                litert_torch.signature(name, module.eval(), sample_kwargs=sample).convert().export(str(path))
+        settings = {"audio": name, "module": type(module).__qualname__, "frames": ga.ENCODER_FRAMES, "end_id": end_id,
+                    "shapes": {k: [list(v.shape), str(v.dtype)] for k, v in sample.items()}}
+        reused = lowered.lower_once(keep, module, settings, out, lower)
+        quantized = {n: plans[n] for n in params if n in plans}
+        if quantized:
+            weights = {n: w.detach().numpy() for n, w in graph.named_parameters() if n in quantized}
+            tflite_quant.quantize_file(out, quantized, weights)
+        return reused
+
+    wires = {"src_inputs": torch.zeros(1, ga.ENCODER_FRAMES, cfg.input_feat_size),
+             "mask": torch.ones(1, ga.ENCODER_FRAMES, dtype=torch.bool)}
+    pieces = []
+    for piece in tqdm(ga.encoder_pieces(graph), desc="converting", unit="piece", leave=False, file=progress,
+                      disable=None if progress else True):
+        load_weights(graph, src, only=set(piece.params), progress=None)
+        sample = {name: wires[wire] for name, wire in piece.inputs.items()}
+        with torch.no_grad():  # the next piece's sample inputs
+            wires |= {f"{piece.name}.{k}": v for k, v in piece.module.eval()(**sample).items()}
+        path = work / f"{piece.name}.tflite"
+        reused = convert("audio_encoder", piece.module, sample, piece.params, path)
+        pieces.append(Piece(piece.name, path, piece.inputs, piece.outputs, reused))
+        unload_weights(graph, piece.params)
+        release_freed_heap()
+    out = {"audio_encoder": work / "audio_encoder.tflite"}
+    stitch(pieces, ["audio_encoder"], out["audio_encoder"])
+    for piece in pieces:
+        piece.path.unlink()
+
+    embedder = [n for n, _ in graph.named_parameters() if n.startswith(ga.EMBEDDER)]
+    load_weights(graph, src, only=set(embedder), progress=None)  # left loaded: the vocab store reads it
+    for name, module, sample in (
+            ("audio_adapter", ga.LiteRtAdapter(graph), {"audio_mask": torch.ones(1, tokens, dtype=torch.bool),
+                                                        "features": torch.zeros(1, tokens, cfg.hidden_size)}),
+            ("end_of_audio", ga.LiteRtEndOfAudio(graph, end_id), {})):
         out[name] = work / f"{name}.tflite"
-        lowered.lower_once(keep, module, {"audio": name, "frames": ga.ENCODER_FRAMES, "end_id": end_id}, out[name], lower)
+        convert(name, module, sample, embedder if name == "audio_adapter" else [], out[name])
     return out
 
 

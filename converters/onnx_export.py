@@ -10,6 +10,8 @@ Weights go to external data (`model.onnx.data`) so models over 2 GB work.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 from pathlib import Path
 
 import torch
@@ -111,6 +113,22 @@ def export_audio(graph, out: Path) -> None:
 def _save(program, out: Path) -> None:
     _drop_stack_traces(program.model)
     program.save(str(out), external_data=True)
+    _forget_last_match()
+
+
+def _forget_last_match() -> None:
+    """onnxscript's rewrite rules (the exporter's `optimize=True`) are module globals whose
+    matchers keep the last graph and node they looked at, and with them the exported weights until
+    the next export (onnxscript 0.7: full-size E2B's text weights stayed resident while its audio
+    tower was exported after them). Their match state dropped, the graph goes with the program.
+    tests/test_audio_prompts.py checks that an export lets go of its weights."""
+    from onnxscript.rewriter._matcher import SimplePatternMatcher
+
+    for obj in gc.get_objects():
+        if isinstance(obj, SimplePatternMatcher):
+            with contextlib.suppress(AttributeError):  # private state: another onnxscript may differ
+                obj._init_match(0)
+                obj._graph = None
 
 
 def _drop_stack_traces(model) -> None:

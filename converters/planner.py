@@ -35,8 +35,7 @@ class ExportPlan:
     graph: plan.Graph  # sections are known once the .litertlm is packaged
     tensors: dict[str, TensorPlan]  # every matrix of the graph and every table, by checkpoint name
     tables: dict[str, Table]  # row store name -> table kept out of the graph
-    audio: Any = None  # Gemma 3n's audio graph (models/gemma3n_audio.AudioGraph), empty weights
-    audio_settings: Any = None  # its gemma3n_audio.AudioSettings
+    audio_settings: Any = None  # Gemma 3n with an audio tower: its gemma3n_audio.AudioSettings
 
     @property
     def quantized(self) -> bool:
@@ -88,15 +87,13 @@ def plan_export(family: Family, hf_config: dict, recipe: recipes.Recipe, fmt: st
     for t in tables.values():  # a table outside the graph: [vocab, width] from the config
         shapes.setdefault(t.tensor, t.shape(cfg))
     tensors = quant_plan.plan_all(shapes, recipe, fmt, storage, head_apart="embeddings" in tables)
-    audio_graph = settings = None
+    settings = None
     if audio is not None:
         from edgepack.converters.models import gemma3n_audio
 
         settings = gemma3n_audio.AudioSettings.from_hf(audio["config"])
-        audio_graph = gemma3n_audio.AudioGraph(audio["config"]["audio_config"], hf_config)
-        params = dict(audio_graph.named_parameters())
-        tensors |= quant_plan.plan_all({n: tuple(params[n].shape) for n in audio_graph.graph_params()},
-                                       recipe, fmt, storage, head_apart=False)
+        tensors |= quant_plan.plan_all(gemma3n_audio.graph_tensors(audio["shapes"]), recipe, fmt, storage,
+                                       head_apart=False)
     # A graph call writes up to `chunk` new K/V before its first query attends (contract.cache_lengths).
     chunk = prefill_len if fmt == "litertlm" else 1
     graph = plan.Graph(
@@ -105,4 +102,4 @@ def plan_export(family: Family, hf_config: dict, recipe: recipes.Recipe, fmt: st
         cache_lengths=contract.cache_lengths(cfg.layer_types, cfg.cache_layers, cfg.sliding_window, max_context, chunk),
         num_kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim, vocab_size=cfg.vocab_size)
     return ExportPlan(family, cfg, recipe, fmt, max_context, prefill_len, decoder, graph, tensors, tables,
-                      audio_graph, settings)
+                      settings)

@@ -38,7 +38,8 @@ class Source:
     shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)  # HF name -> shape
     read_rows: Callable[[str, int, int], np.ndarray] | None = None  # rows [start, stop) as float32
     # Gemma 3n with an audio tower: {"config": the whole config.json, "preprocessor": its
-    # preprocessor_config.json or None}; the tower's tensors read by their own names
+    # preprocessor_config.json or None, "shapes": the tower's and embed_audio's tensors}; they are
+    # read by their own names
     audio: dict | None = None
 
     def row_chunks(self, name: str, max_bytes: int = 64 << 20):

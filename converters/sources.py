@@ -86,7 +86,8 @@ def _open_hf_dir(p: Path) -> Source:
     shapes = {name: h.shape(key) for name, (h, key) in where.items()}
     audio = None
     if any(n.startswith(AUDIO_PREFIXES) for n in where):
-        audio = {"config": full, "preprocessor": _json_object(p / "preprocessor_config.json")}
+        audio = {"config": full, "preprocessor": _json_object(p / "preprocessor_config.json"),
+                 "shapes": {n: s for n, s in shapes.items() if n.startswith(AUDIO_PREFIXES)}}
     return Source(p, family, arch, config, read, lambda: tokenizer_json, template, sorted(skipped), "safetensors",
                   storage, shapes=shapes, read_rows=read_rows, audio=audio)
 

@@ -142,7 +142,7 @@ def make_gemma3n_multimodal(folder: Path, tokenizer_json: str, seed: int = 1, te
     randomize(lm, seed)
     tensors = {f"model.language_model.{k[len('model.'):]}": v for k, v in lm.state_dict().items()
                if k.startswith("model.")}
-    audio_cfg = Gemma3nAudioConfig(hidden_size=32, conf_num_attention_heads=2, conf_num_hidden_layers=1,
+    audio_cfg = Gemma3nAudioConfig(hidden_size=32, conf_num_attention_heads=2, conf_num_hidden_layers=2,
                                    sscp_conv_channel_size=[8, 8], conf_conv_kernel_size=3)
     vision_cfg = Gemma3nVisionConfig(hidden_size=32)
     tensors |= {f"model.audio_tower.{k}": v for k, v in Gemma3nAudioEncoder(audio_cfg).state_dict().items()}

@@ -91,9 +91,18 @@ class AudioGraph(nn.Module):
         with torch.no_grad():
             return self.model.embed_audio(input_ids=ids)[0].float().numpy()
 
-    def graph_params(self) -> list[str]:
-        """The parameters the graph reads: all but embed_audio's vocabulary (vocab_table's)."""
-        return [n for n, _ in self.named_parameters() if n != EMBEDDER + "embedding.weight"]
+    @classmethod
+    def from_source(cls, src) -> "AudioGraph":
+        return cls(src.audio["config"]["audio_config"], src.config)
+
+
+def graph_tensors(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """The checkpoint's tensors the audio graph reads, with their shapes: every one of the audio
+    tower and embed_audio but embed_audio's vocabulary (AudioGraph.vocab_table's row store). The
+    planner takes them from the checkpoint's headers, so planning imports no transformers modules
+    (100-160 MB, resident for the rest of an export)."""
+    return {n: tuple(s) for n, s in shapes.items()
+            if n.startswith((TOWER, EMBEDDER)) and n != EMBEDDER + "embedding.weight"}
 
 
 def shrink(audio_config) -> int:
@@ -102,17 +111,72 @@ def shrink(audio_config) -> int:
     return math.prod(s[0] for s in audio_config.sscp_conv_stride_size) * audio_config.conf_reduction_factor
 
 
-class LiteRtEncoder(nn.Module):
-    """LiteRT-LM's `tf_lite_audio_encoder_hw` signature: `src_inputs` [1, frames, 128] and `mask`
-    [1, frames] (true where valid) in; `features` [1, frames/16, audio hidden] and `mask` out."""
+@dataclasses.dataclass
+class EncoderPiece:
+    """One piece of LiteRT-LM's `tf_lite_audio_encoder_hw` signature (`src_inputs` [1, frames, 128]
+    and `mask` [1, frames], true where valid, in; `features` [1, frames/16, audio hidden] and
+    `mask` out), converted on its own and stitched (converters/litertlm_export.convert_audio):
+    converted whole, E2B's 0.68B-parameter tower took 9 GB."""
+    name: str
+    module: nn.Module
+    params: list[str]  # the AudioGraph's parameters it reads
+    inputs: dict[str, str]  # piece input -> wire: the signature's input, or "<piece>.<output>"
+    outputs: dict[str, str]  # the signature's output -> piece output
 
-    def __init__(self, graph: AudioGraph):
+
+def encoder_pieces(graph: AudioGraph) -> list[EncoderPiece]:
+    """The tower as transformers' `Gemma3nAudioEncoder.forward` runs it, cut between its modules:
+    the subsampling convolutions (with the mask cut to their frames), each conformer block, and
+    the reduction to every conf_reduction_factor-th frame. Between pieces the mask is the
+    reference's (true where padded)."""
+    tower = graph.model.audio_tower
+
+    def params(prefix: str) -> list[str]:
+        return [n for n, _ in graph.named_parameters() if n.startswith(TOWER + prefix)]
+
+    pieces = [EncoderPiece("audio_subsample", _Subsample(tower), params("subsample_conv_projection."),
+                           {"src_inputs": "src_inputs", "mask": "mask"}, {})]
+    hidden = "audio_subsample.hidden"
+    for i, block in enumerate(tower.conformer):
+        pieces.append(EncoderPiece(f"audio_conformer_{i}", _Block(block), params(f"conformer.{i}."),
+                                   {"hidden": hidden, "padded": "audio_subsample.padded"}, {}))
+        hidden = f"audio_conformer_{i}.hidden"
+    pieces.append(EncoderPiece("audio_reduce", _Reduce(tower.config.conf_reduction_factor), [],
+                               {"hidden": hidden, "padded": "audio_subsample.padded"},
+                               {"features": "features", "mask": "mask"}))
+    return pieces
+
+
+class _Subsample(nn.Module):
+    def __init__(self, tower):
         super().__init__()
-        self.tower = graph.model.audio_tower
+        self.subsample_conv_projection = tower.subsample_conv_projection
+        self.stride = math.prod(s[0] for s in tower.config.sscp_conv_stride_size)
 
     def forward(self, src_inputs, mask):
-        out = self.tower(src_inputs, ~mask, return_dict=True)
-        return {"features": out.last_hidden_state, "mask": ~out.audio_mel_mask}
+        hidden = self.subsample_conv_projection(src_inputs)
+        # each subsampled frame takes the mask of the first input frame it covers, as the reference
+        at = torch.clamp(torch.arange(hidden.shape[1]) * self.stride, max=mask.shape[1] - 1)
+        return {"hidden": hidden, "padded": ~mask[:, at]}
+
+
+class _Block(nn.Module):
+    def __init__(self, block):
+        super().__init__()
+        self.block = block
+
+    def forward(self, hidden, padded):
+        return {"hidden": self.block(hidden, padded)}
+
+
+class _Reduce(nn.Module):
+    def __init__(self, factor: int):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, hidden, padded):
+        hidden, padded = hidden[:, ::self.factor], padded[:, ::self.factor]
+        return {"features": hidden.masked_fill(padded[..., None], 0.0), "mask": ~padded}
 
 
 class LiteRtAdapter(nn.Module):
@@ -158,7 +222,3 @@ def tflite_friendly():
         yield
     finally:
         Gemma3nAudioAttention._extract_block_context = original
-
-
-def tensor_names(shapes: dict[str, tuple[int, ...]]) -> list[str]:
-    return [n for n in shapes if n.startswith((TOWER, EMBEDDER))]
