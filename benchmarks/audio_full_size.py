@@ -5,8 +5,9 @@ int8 tower's soft tokens stay to fp32's.
     .venv/bin/python benchmarks/audio_full_size.py CHECKPOINT [--quant int8] [--runs 5] [--out DIR]
 
 - Export: `edgepack export CHECKPOINT --format F --quant Q` in its own process (peak RSS from
-  os.wait4), next to the same export of a text-only view of the checkpoint (its config without
-  `audio_config`, the shards linked): the audio tower must not raise the export's peak.
+  os.wait4, and the highest RSS sampled in each stage it reports), next to the same export of a
+  text-only view of the checkpoint (its config without `audio_config`, the shards linked): the
+  audio tower must not raise the export's peak.
 - Encoder speed: one 30 s clip of espeak-ng speech, encoded `--runs` times at 2 threads, alternating
   edgepack's runtime on the ONNX and the `.litertlm` bundle; real-time factor = median seconds per
   second of audio. LiteRT-LM is timed on the same `.litertlm` and clip when `--litert-lm` is given
@@ -21,6 +22,7 @@ int8 tower's soft tokens stay to fp32's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -28,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -39,16 +42,33 @@ SPEECH = ("Gemma three n runs on phones and small boards. It hears speech, and i
 
 
 def export(source: Path, out: Path, fmt: str, quant: str) -> dict:
+    """One `edgepack export` in its own process: its peak RSS (wait4), and the highest RSS sampled
+    (every 0.2 s) during each stage it reports, so the audio tower's stage shows apart."""
     exe = Path(sys.executable).parent / "edgepack"
     t0 = time.time()
     proc = subprocess.Popen([str(exe), "export", str(source), "--format", fmt, "--quant", quant, "-o", str(out),
-                             "--force"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    err = proc.stderr.read()
+                             "--force"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=os.environ | {"PYTHONUNBUFFERED": "1"})  # stage lines as they come
+    stage, stages, err = ["start"], {}, []
+
+    def follow() -> None:  # the CLI's stage lines: "lowering ... ...", then "lowering ...: done in N s"
+        for line in proc.stderr:
+            err.append(line)
+            if line.rstrip().endswith("..."):
+                stage[0] = line.strip().rstrip(". ")
+    threading.Thread(target=follow, daemon=True).start()
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        with contextlib.suppress(OSError, StopIteration):
+            rss = int(next(x for x in open(f"/proc/{proc.pid}/status") if x.startswith("VmRSS")).split()[1]) * 1024
+            stages[stage[0]] = max(stages.get(stage[0], 0), round(rss / MiB))
+        time.sleep(0.2)
     if status:
-        raise SystemExit(f"export failed: {err[-2000:]}")
+        raise SystemExit(f"export failed: {''.join(err)[-2000:]}")
     return {"seconds": round(time.time() - t0, 1), "peak_rss_mib": round(usage.ru_maxrss * 1024 / MiB),
-            "bytes": sum(f.stat().st_size for f in out.iterdir())}
+            "stage_peaks_mib": stages, "bytes": sum(f.stat().st_size for f in out.iterdir())}
 
 
 def text_only_view(source: Path, where: Path) -> Path:
