@@ -91,7 +91,7 @@ def convert_audio(graph, src, plans: dict, end_id: int, work: Path, keep: Path |
         raise EdgepackError(f"the audio encoder's {ga.ENCODER_FRAMES} frames are not a multiple of its shrink {ga.shrink(cfg)}")
 
     def convert(name: str, module, sample: dict, params: list[str], out: Path) -> bool:
-        """One graph lowered (or reused) and quantized; its weights must be loaded."""
+        """One graph lowered (or reused), then `params` quantized as planned; its weights must be loaded."""
         def lower(path: Path) -> None:
             with torch.no_grad(), ga.tflite_friendly():
                 litert_torch.signature(name, module.eval(), sample_kwargs=sample).convert().export(str(path))
@@ -125,12 +125,12 @@ def convert_audio(graph, src, plans: dict, end_id: int, work: Path, keep: Path |
 
     embedder = [n for n, _ in graph.named_parameters() if n.startswith(ga.EMBEDDER)]
     load_weights(graph, src, only=set(embedder), progress=None)  # left loaded: the vocab store reads it
-    for name, module, sample in (
+    for name, module, sample, quantized in (  # end-of-audio stays float, one row of the vocabulary
             ("audio_adapter", ga.LiteRtAdapter(graph), {"audio_mask": torch.ones(1, tokens, dtype=torch.bool),
-                                                        "features": torch.zeros(1, tokens, cfg.hidden_size)}),
-            ("end_of_audio", ga.LiteRtEndOfAudio(graph, end_id), {})):
+                                                        "features": torch.zeros(1, tokens, cfg.hidden_size)}, embedder),
+            ("end_of_audio", ga.LiteRtEndOfAudio(graph, end_id), {}, [])):
         out[name] = work / f"{name}.tflite"
-        convert(name, module, sample, embedder if name == "audio_adapter" else [], out[name])
+        convert(name, module, sample, quantized, out[name])
     return out
 
 
