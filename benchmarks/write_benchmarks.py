@@ -22,6 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 GPL3 = Path("/usr/share/common-licenses/GPL-3")
+# Sections below this line were measured apart (dated) and are kept when the file is regenerated
+KEPT = "<!-- measured apart, kept by write_benchmarks.py -->"
 RUNS = [("litertlm", "int8"), ("litertlm", "int4"), ("onnx", "int8"), ("onnx", "int4")]
 
 
@@ -141,7 +143,10 @@ def main() -> None:
                if name not in ("litert-lm",)}
     if skipped:
         lines += ["", "Skipped peers: " + "; ".join(f"{n}: {w}" for n, w in skipped.items()) + "."]
-    Path(a.out).write_text("\n".join(lines) + "\n")
+    out = Path(a.out)
+    kept = out.read_text().split(KEPT, 1) if out.exists() else []
+    tail = ["", KEPT + kept[1].rstrip("\n")] if len(kept) == 2 else []
+    out.write_text("\n".join(lines + tail) + "\n")
     print(f"wrote {a.out}")
 
 

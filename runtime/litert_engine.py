@@ -95,6 +95,7 @@ class CompiledModelEngine(Engine):
     """LiteRT's CompiledModel API with the cache buffers updated in place (see the module doc)."""
 
     api = "compiled"
+    warms_up = True
 
     def __init__(self, b: Bundle, threads: int | None = None, stores: StoreOptions = StoreOptions()):
         g = b.graph
@@ -174,6 +175,7 @@ class InterpreterEngine(Engine):
     """LiteRT's Interpreter API: runs on every arm64 core (see the module doc)."""
 
     api = "interpreter"
+    warms_up = True
 
     def __init__(self, b: Bundle, threads: int | None = None, stores: StoreOptions = StoreOptions()):
         from ai_edge_litert.interpreter import Interpreter
