@@ -28,7 +28,6 @@ import math
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from export_peers import EXPORT_HF  # litert-torch's export_hf, with TensorFlow's schema module stood in
@@ -55,13 +54,12 @@ def hf_folder(gguf: Path, tokenizer_json: str, dest: Path) -> Path:
     """The GGUF as transformers dequantizes it, saved as a Hugging Face checkpoint for export_hf."""
     if (dest / "config.json").exists():
         return dest
+    from safetensors.torch import save_file
     from transformers import PreTrainedTokenizerFast
 
     from edgepack.converters.reference import load_transformers
 
     print(f"hf folder: the GGUF dequantized into {dest} ...", file=sys.stderr, flush=True)
-    from safetensors.torch import save_file
-
     model = load_transformers(gguf)
     # transformers won't save_pretrained a model it read from a GGUF: the config without the GGUF's
     # quantization note, and the tensors (the tied LM head is the embedding: saved once)
@@ -78,12 +76,10 @@ def hf_folder(gguf: Path, tokenizer_json: str, dest: Path) -> Path:
     return dest
 
 
-def run(cmd: list[str], log: Path) -> float:
-    t0 = time.perf_counter()
+def run(cmd: list[str], log: Path) -> None:
     with open(log, "w") as f:
         if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode != 0:
             raise SystemExit(f"{cmd[0]} failed: see {log}")
-    return time.perf_counter() - t0
 
 
 def export_google(hf: Path, recipe: str, out: Path) -> Path:
