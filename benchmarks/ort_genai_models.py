@@ -4,7 +4,11 @@ and int4, into PEERS_DIR/onnxruntime-genai-models/gemma-3-270m-{int8,int4}.
 
     PYTHONPATH=~/.cache/edgepack/peers/onnxruntime-genai-0.18.0 .venv/bin/python benchmarks/ort_genai_models.py
 
-(benchmarks/build_peers.sh runs it.) The builder (0.18) reads transformers' config and fails on
+(benchmarks/build_peers.sh runs it.) With `--score TEXT` it scores each built model instead, by
+onnxruntime-genai's own runtime: the perplexity of <bos> + the first 2,047 tokens of TEXT, one
+token at a time, as `edgepack eval` scores a bundle (what the builder's rounding costs).
+
+The builder (0.18) reads transformers' config and fails on
 transformers 5's nested RoPE settings (`KeyError: 'rope_type'`, no `rope_local_base_freq`), so its
 config is flattened to the form it reads; the weights are untouched.
 """
@@ -65,8 +69,36 @@ def build(precision: str, hf: Path, out: Path) -> None:
     partial.rename(out)
 
 
+def score(model_dir: Path, text: Path, tokens: int = 2048) -> tuple[float, int]:
+    """(perplexity, positions scored) of `tokens` positions of `text` through the model."""
+    import numpy as np
+    import onnxruntime_genai as og
+    from tokenizers import Tokenizer
+
+    from edgepack.evaluate import BYTES_PER_TOKEN, token_nll
+
+    config = json.loads((model_dir / "genai_config.json").read_text())
+    raw = text.read_bytes()[: tokens * BYTES_PER_TOKEN].decode("utf-8", errors="replace")
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    ids = [config["model"]["bos_token_id"]] + tokenizer.encode(raw, add_special_tokens=False).ids[: tokens - 1]
+    model = og.Model(str(model_dir))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(ids) + 1)
+    gen = og.Generator(model, params)
+    nll = 0.0
+    for i in range(len(ids) - 1):
+        gen.append_tokens([ids[i]])
+        nll += token_nll(np.asarray(gen.get_logits()).reshape(-1), ids[i + 1])
+    return float(np.exp(nll / (len(ids) - 1))), len(ids) - 1
+
+
 def main() -> None:
     root = peers.ort_genai_models_dir()
+    if sys.argv[1:2] == ["--score"]:
+        for precision in ("int8", "int4"):
+            ppl, n = score(root / f"gemma-3-270m-{precision}", Path(sys.argv[2]))
+            print(f"onnxruntime-genai {precision}: perplexity {ppl:.3f} over {n} tokens of {sys.argv[2]}")
+        return
     todo = [p for p in ("int8", "int4") if not (root / f"gemma-3-270m-{p}" / "genai_config.json").exists()]
     if not todo:
         print(f"onnxruntime-genai models already built in {root}")

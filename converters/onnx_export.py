@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 
 from edgepack import contract
-from edgepack.converters import onnx_quant
+from edgepack.converters import onnx_contrib, onnx_quant
 
 
 STACK_TRACE = "pkg.torch.onnx.stack_trace"
+TRANSLATIONS = onnx_quant.TRANSLATIONS | onnx_contrib.TRANSLATIONS
 
 
 class _FlatSignature(torch.nn.Module):
@@ -90,7 +91,7 @@ def export(model, cfg, context: int, lengths: list[int], out: Path, per_layer: b
             flat, tuple(args), dynamo=True, input_names=names,
             output_names=output_names(cfg.cache_layers),
             dynamic_shapes=rest_shapes, optimize=True, verbose=False,
-            custom_translation_table=onnx_quant.TRANSLATIONS,
+            custom_translation_table=TRANSLATIONS,
         )
     _save(program, out)
 
@@ -106,7 +107,7 @@ def export_audio(graph, out: Path) -> None:
             graph, sample, dynamo=True, input_names=["input_features", "input_features_mask"],
             output_names=["audio_embeddings", "audio_mask"],
             dynamic_shapes={"features": {1: frames}, "mask": {1: frames}}, optimize=True, verbose=False,
-            custom_translation_table=onnx_quant.TRANSLATIONS)
+            custom_translation_table=TRANSLATIONS)
     _save(program, out)
 
 

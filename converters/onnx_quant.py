@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgepack.converters.onnx_contrib import contrib
 from edgepack.converters.quantize import QTensor, pack_int4
 
 # onnxruntime CPU: 4 = int8 activations in the blockwise kernels (what llama.cpp and
@@ -70,46 +71,17 @@ def _(packed, ids, scales3, bits, block):
     return packed.new_empty(*ids.shape, scales3.shape[1] * block, dtype=torch.float32)
 
 
-_SCHEMAS = {  # name -> (inputs (name, optional), int attributes)
-    "MatMulNBits": ((("A", False), ("B", False), ("scales", False), ("zero_points", True)),
-                    ("K", "N", "bits", "block_size", "accuracy_level")),
-    "GatherBlockQuantized": ((("data", False), ("indices", False), ("scales", False), ("zero_points", True)),
-                             ("gather_axis", "quantize_axis", "block_size", "bits")),
-}
-
-
-def _contrib(name: str):
-    """A com.microsoft op for onnxscript. The onnx package has no schemas for onnxruntime's
-    contrib ops and the exporter needs one, so a minimal one is registered once."""
-    import onnx
-    from onnx.defs import OpSchema
-    from onnxscript import values
-
-    if not onnx.defs.has(name, "com.microsoft"):
-        inputs, attrs = _SCHEMAS[name]
-        param = OpSchema.FormalParameterOption
-        onnx.defs.register_schema(OpSchema(
-            name, "com.microsoft", 1,
-            inputs=[OpSchema.FormalParameter(n, f"T{i}", param_option=param.Optional if opt else param.Single)
-                    for i, (n, opt) in enumerate(inputs)],
-            outputs=[OpSchema.FormalParameter("Y", "TY")],
-            type_constraints=[(f"T{i}", ["tensor(float)", "tensor(uint8)", "tensor(int32)", "tensor(int64)"], "")
-                              for i in range(len(inputs))] + [("TY", ["tensor(float)"], "")],
-            attributes=[OpSchema.Attribute(a, OpSchema.AttrType.INT) for a in attrs]))
-    return values.Op(values.Opset("com.microsoft", 1), name, onnx.defs.get_schema(name, 1, "com.microsoft"))
-
-
 def _onnx_matmul_nbits(x, packed, scales, zero_points, bits: int, block: int, has_zp: bool):
     n, k_blocks = packed.shape[0], packed.shape[1]
     inputs = (x, packed, scales, zero_points) if has_zp else (x, packed, scales)
-    return _contrib("MatMulNBits")(*inputs, K=k_blocks * block, N=n, bits=bits, block_size=block,
+    return contrib("MatMulNBits")(*inputs, K=k_blocks * block, N=n, bits=bits, block_size=block,
                           accuracy_level=ACCURACY_LEVEL)
 
 
 def _onnx_gather_nbits(packed, ids, scales3, bits: int, block: int):
     from onnxscript import opset18 as op
 
-    rows = _contrib("GatherBlockQuantized")(packed, ids, scales3, gather_axis=0, quantize_axis=2, block_size=block, bits=bits)
+    rows = contrib("GatherBlockQuantized")(packed, ids, scales3, gather_axis=0, quantize_axis=2, block_size=block, bits=bits)
     shape = op.Concat(op.Shape(ids), op.Constant(value_ints=[-1]), axis=0)
     return op.Reshape(rows, shape)
 
