@@ -1,5 +1,6 @@
-"""onnxruntime's com.microsoft kernels in edgepack's ONNX graphs, and the ones that are not
-quantization: fused rotary embedding.
+"""The com.microsoft (onnxruntime) ops in edgepack's ONNX graphs: `contrib`, the schema every one
+of them needs to be exported, and the ops that are not quantization, for now the fused rotary
+embedding (the quantized layers are in onnx_quant.py).
 
 Each kernel is reached from torch as a small custom op whose eager implementation is the plain
 arithmetic (so a model still runs, and is exported, in torch) and whose entry in TRANSLATIONS is
