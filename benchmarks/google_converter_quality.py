@@ -31,6 +31,7 @@ import tempfile
 from pathlib import Path
 
 from export_peers import EXPORT_HF  # litert-torch's export_hf, with TensorFlow's schema module stood in
+from ort_genai_models import save_dequantized
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -54,20 +55,11 @@ def hf_folder(gguf: Path, tokenizer_json: str, dest: Path) -> Path:
     """The GGUF as transformers dequantizes it, saved as a Hugging Face checkpoint for export_hf."""
     if (dest / "config.json").exists():
         return dest
-    from safetensors.torch import save_file
     from transformers import PreTrainedTokenizerFast
 
-    from edgepack.converters.reference import load_transformers
-
     print(f"hf folder: the GGUF dequantized into {dest} ...", file=sys.stderr, flush=True)
-    model = load_transformers(gguf)
-    # transformers won't save_pretrained a model it read from a GGUF: the config without the GGUF's
-    # quantization note, and the tensors (the tied LM head is the embedding: saved once)
     dest.mkdir(parents=True, exist_ok=True)
-    config = model.config.to_dict()
-    config.pop("quantization_config", None)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"},
-              str(dest / "model.safetensors"), metadata={"format": "pt"})
+    config = save_dequantized(gguf, dest)
     (dest / "tokenizer.json").write_text(tokenizer_json)
     tok = PreTrainedTokenizerFast(tokenizer_file=str(dest / "tokenizer.json"), bos_token="<bos>", eos_token="<eos>",
                                   pad_token="<pad>", unk_token="<unk>")

@@ -25,20 +25,30 @@ from pathlib import Path
 from edgepack import peers
 
 
-def hf_folder(out: Path) -> None:
-    """The 270M as a transformers safetensors folder (fp32, dequantized from the GGUF)."""
+def save_dequantized(gguf: Path, out: Path) -> dict:
+    """The GGUF's weights as transformers dequantizes them, saved as `out`/model.safetensors (fp32;
+    the tied LM head is the embedding, saved once); returns the config for the caller to complete
+    and write. transformers won't save_pretrained a model it read from a GGUF."""
     from safetensors.torch import save_file
-    from transformers import AutoTokenizer
 
-    from edgepack.converters.builtin import gemma_gguf
     from edgepack.converters.reference import load_transformers
 
-    gguf = gemma_gguf()
     model = load_transformers(gguf)
-    tensors = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     config = model.config.to_dict()
     config.pop("quantization_config", None)  # the GGUF origin; these weights are plain fp32
+    return config
+
+
+def hf_folder(out: Path) -> None:
+    """The 270M as a transformers safetensors folder (fp32, dequantized from the GGUF)."""
+    from transformers import AutoTokenizer
+
+    from edgepack.converters.builtin import gemma_gguf
+
+    gguf = gemma_gguf()
+    config = save_dequantized(gguf, out)
     config["architectures"] = ["Gemma3ForCausalLM"]
     (out / "config.json").write_text(json.dumps(config, indent=1))
     AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(out)
@@ -75,10 +85,10 @@ def score(model_dir: Path, text: Path, tokens: int = 2048) -> tuple[float, int]:
     import onnxruntime_genai as og
     from tokenizers import Tokenizer
 
-    from edgepack.evaluate import BYTES_PER_TOKEN, token_nll
+    from edgepack.evaluate import read_text, token_nll
 
     config = json.loads((model_dir / "genai_config.json").read_text())
-    raw = text.read_bytes()[: tokens * BYTES_PER_TOKEN].decode("utf-8", errors="replace")
+    raw = read_text(text, tokens)
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     ids = [config["model"]["bos_token_id"]] + tokenizer.encode(raw, add_special_tokens=False).ids[: tokens - 1]
     model = og.Model(str(model_dir))
