@@ -93,7 +93,9 @@ def score(model_dir: Path, text: Path, tokens: int = 2048) -> tuple[float, int]:
     ids = [config["model"]["bos_token_id"]] + tokenizer.encode(raw, add_special_tokens=False).ids[: tokens - 1]
     model = og.Model(str(model_dir))
     params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=len(ids) + 1)
+    # its sliding-window layers refuse a cache shorter than their window
+    window = config["model"]["decoder"].get("sliding_window", {}).get("window_size", 0)
+    params.set_search_options(do_sample=False, max_length=max(len(ids) + 1, window))
     gen = og.Generator(model, params)
     nll = 0.0
     for i in range(len(ids) - 1):
