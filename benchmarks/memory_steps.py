@@ -29,15 +29,13 @@ def main() -> None:
     a = p.parse_args()
     rows = [("python", resident())]
     import numpy as np
-    from tokenizers import Tokenizer
 
     from edgepack.bundle import Bundle
     from edgepack.runtime.engines import open_engine
-    from edgepack.system import release_freed_heap
+    from edgepack.runtime.generate import load_tokenizer
     rows.append(("imports", resident()))
     b = Bundle(a.bundle)
-    tok = Tokenizer.from_file(str(b.file(b.plan.tokenizer.file)))
-    release_freed_heap()  # as Generator does
+    tok = load_tokenizer(b, verified=False)  # as Generator does
     rows.append(("tokenizer", resident()))
     engine = open_engine(b, a.threads)
     rows.append(("engine (weights mapped, KV cache)", resident()))

@@ -31,7 +31,7 @@ def main() -> None:
     from edgepack.runtime import Generator
 
     gen = Generator(a.bundle, threads=a.threads)
-    words = gen.tokenizer.encode(TEXT.read_text(), add_special_tokens=False).ids
+    words = gen.tokenizer.encode(TEXT.read_text())
     history = [gen.bos_id] + words[:a.history]
     turn = words[a.history:a.history + a.turn]
     times: dict[bool, list[float]] = {True: [], False: []}

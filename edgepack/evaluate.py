@@ -50,7 +50,7 @@ def eval_ids(gen: Generator, text: str, tokens: int) -> list[int]:
         raise EdgepackError(f"--tokens must be >= 2, got {tokens}")
     if tokens > gen.max_context:
         raise EdgepackError(f"--tokens {tokens} exceeds the bundle's context ({gen.max_context})")
-    ids = [gen.bos_id] + gen.tokenizer.encode(text, add_special_tokens=False).ids[: tokens - 1]
+    ids = [gen.bos_id] + gen.tokenizer.encode(text)[: tokens - 1]
     if len(ids) < 2:
         raise EdgepackError("the text has no tokens to score")
     return ids

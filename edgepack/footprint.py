@@ -3,8 +3,9 @@ may use. The runtime compares the two before it reads anything big, so a bundle 
 board is refused with the numbers instead of being OOM-killed half-way through a generation.
 
 The prediction is a sum of parts, each from the manifest alone:
-- runtime: the interpreter with numpy, the tokenizers library and the engine's library loaded;
-- tokenizer: the parsed vocabulary (Gemma's 262k pieces; parsing briefly needs ~3.5x what stays);
+- runtime: the interpreter with numpy and the engine's library loaded;
+- tokenizer: the vocabulary as runtime/tokenizer.py holds it (Gemma's 262k pieces and 515k merges
+  in numpy arrays; reading tokenizer.json briefly needs ~9x what stays);
 - weights: the decode graph's bytes times what the engine keeps per byte (below);
 - row stores: the memory-mapped tables' pages a generation can touch (one row per distinct token);
 - KV cache: every cache tensor, times the copies the engine holds;
@@ -31,10 +32,13 @@ from edgepack.system import litert_api
 
 MiB = 2**20
 PAGE = 4096
-RUNTIME_BYTES = 80 * MiB  # python + numpy + tokenizers + onnxruntime or ai-edge-litert, imported
-PARSE_BASE_BYTES = 40 * MiB  # python + numpy + tokenizers: the engine's library loads after parsing
-TOKENIZER_RESIDENT_PER_FILE_BYTE = 7.0  # after parsing, with freed heap handed back (malloc_trim)
-TOKENIZER_PARSE_PER_FILE_BYTE = 24.0  # while tokenizer.json is being parsed
+RUNTIME_BYTES = 80 * MiB  # python + numpy + onnxruntime or ai-edge-litert, imported
+PARSE_BASE_BYTES = 40 * MiB  # python + numpy + edgepack: the engine's library loads after parsing
+# runtime/tokenizer.py on Gemma's tokenizer.json (14.4 MB): 24 MiB after reading it, with the freed
+# heap handed back (malloc_trim), 211 MiB while json parses it. A file of another shape goes to the
+# tokenizers library, which holds ~4x as much (7 and 24 per byte): not predicted here.
+TOKENIZER_RESIDENT_PER_FILE_BYTE = 1.8
+TOKENIZER_PARSE_PER_FILE_BYTE = 16.0
 # Resident bytes per graph byte, (float graph, quantized graph): quantized weights are repacked.
 # onnxruntime holds its repacked copies; the engine keeps the mapped originals out of the
 # resident set (runtime/mapped_pages.py). Calibrated on full-size E2B and E4B int4 (1.16, 1.16:

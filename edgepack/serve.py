@@ -85,7 +85,7 @@ class Server:
         self.generator = None
         self.load_error: str | None = None
         self.engine_lock = threading.Lock()
-        # chat.encode flips the tokenizer's encode_special_tokens for a user's text: one at a time
+        # the tokenizers library (tokenizer.LibraryTokenizer) has a switch for special tokens: one at a time
         self.tokenizer_lock = threading.Lock()
         self.admitted, self.admit_lock = 0, threading.Lock()  # waiting + running
         self.limiter = RateLimiter(options.rate_limit) if options.rate_limit else None

@@ -72,29 +72,19 @@ def encode(tokenizer, template: str, messages: list[dict], audio=None) -> list[i
     manifest's), an audio_prompt.MARK in a message is a clip's place (audio_prompt.expand)."""
     from edgepack.runtime.audio_prompt import expand
 
-    specials = [t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special]
-    if not any(s in str(m.get("content", "")) for m in messages for s in specials):
+    if not any(s in str(m.get("content", "")) for m in messages for s in tokenizer.specials):
         text = render(template, messages)
-        return expand(lambda x: tokenizer.encode(x, add_special_tokens=False).ids, text, audio) if audio else \
-            tokenizer.encode(text, add_special_tokens=False).ids
+        return expand(tokenizer.encode, text, audio) if audio else tokenizer.encode(text)
     marked = [m | {"content": f"{_OPEN}{m.get('content', '')}{_CLOSE}"} for m in messages]
     text = render(template, marked)
     ids, rest = [], text
     while _OPEN in rest:
         head, _, tail = rest.partition(_OPEN)
         body, _, rest = tail.partition(_CLOSE)
-        ids += tokenizer.encode(head, add_special_tokens=False).ids
-        ids += expand(lambda x: _plain(tokenizer, x), body, audio) if audio else _plain(tokenizer, body)
-    return ids + tokenizer.encode(rest, add_special_tokens=False).ids
-
-
-def _plain(tokenizer, text: str) -> list[int]:
-    """`text` tokenized with special tokens' spellings as ordinary text."""
-    tokenizer.encode_special_tokens = True
-    try:
-        return tokenizer.encode(text, add_special_tokens=False).ids
-    finally:
-        tokenizer.encode_special_tokens = False
+        ids += tokenizer.encode(head)
+        plain = lambda x: tokenizer.encode(x, specials_as_text=True)  # noqa: E731
+        ids += expand(plain, body, audio) if audio else plain(body)
+    return ids + tokenizer.encode(rest)
 
 
 def _template_error(message: str):

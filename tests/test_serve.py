@@ -155,7 +155,7 @@ def test_a_tool_call_is_parsed_from_real_engine_output(real, monkeypatch):
     gen = server.generator
     for wanted, finish in [("```tool_code\nprint(get_weather(city='Paris'))\n```", "tool_calls"),
                            ("```tool_code\nprint(get_stock(symbol='X'))\n```", "length")]:
-        forced = iter(gen.tokenizer.encode(wanted, add_special_tokens=False).ids + [1])  # then <eos>
+        forced = iter(gen.tokenizer.encode(wanted) + [1])  # then <eos>
         monkeypatch.setattr(sampling.Sampler, "__call__", lambda self, logits: next(forced))
         r = client(server).chat.completions.create(model="x", messages=[{"role": "user", "content": "Weather?"}],
                                                    tools=[WEATHER], max_tokens=40)

@@ -15,8 +15,8 @@ object Footprint {
     private const val PAGE = 4096L
     private const val RUNTIME_BYTES = 80 * MiB
     private const val PARSE_BASE_BYTES = 40 * MiB
-    private const val TOKENIZER_RESIDENT_PER_FILE_BYTE = 7.0
-    private const val TOKENIZER_PARSE_PER_FILE_BYTE = 24.0
+    private const val TOKENIZER_RESIDENT_PER_FILE_BYTE = 1.8
+    private const val TOKENIZER_PARSE_PER_FILE_BYTE = 16.0
     private const val DYNAMIC_PREFILL_CHUNK = 128L
 
     /** Resident bytes per graph byte, (float graph, quantized graph), per engine. LiteRT-LM on
