@@ -28,17 +28,18 @@ class TensorPlan:
     block: int  # 0 = per channel
     how: str  # "float", "exact from Q8_0", "rounded", "rounded from Q5_0", ...
     measured_bytes: int | None = None  # set once the tensor is quantized (codes + scales + zero points)
+    scale_bytes: int = 4  # per scale: float32, but float16 in a .litertlm's blocks (decide)
 
     @property
     def nbytes(self) -> int:
-        """Stored weight bytes: measured when known, else codes + float32 scales."""
+        """Stored weight bytes: measured when known, else codes + scales."""
         if self.measured_bytes is not None:
             return self.measured_bytes
         n = int(np.prod(self.shape))
         if self.bits == 32:
             return 4 * n
         scales = self.shape[0] * (self.shape[1] // self.block if self.block else 1)
-        return n * self.bits // 8 + 4 * scales
+        return n * self.bits // 8 + self.scale_bytes * scales
 
     def precision(self) -> str:
         if self.bits == 32:
@@ -103,7 +104,10 @@ def decide(name: str, shape: tuple[int, ...], recipe: Recipe, fmt: str, source: 
     if block and shape[1] % block:
         return TensorPlan(name, component, shape, source, 32, 0, f"float (rows of {shape[1]} don't split into blocks of {block})")
     how = "rounded" if grid_bits >= 16 else f"rounded from {source}"
-    return TensorPlan(name, component, shape, source, bits, block, how)
+    # ai-edge-quantizer writes a TFLite weight's block scales as float16 (its per-channel ones as
+    # float32): E2B's int4 graph holds 110 MiB of them, which float32 would have made 220
+    return TensorPlan(name, component, shape, source, bits, block, how,
+                      scale_bytes=2 if fmt != "onnx" and block else 4)
 
 
 def qtensor(plan: TensorPlan, src: Source) -> quantize.QTensor:

@@ -17,8 +17,10 @@ MiB = 2**20
 CONTEXT = 4096
 
 
-def int4_block32(n: int) -> int:
-    return n // 2 + n // 32 * 4  # 4-bit codes + one float32 scale per 32 weights
+def int4_block32(n: int, scale_bytes: int = 2) -> int:
+    """4-bit codes + one scale per 32 weights: float16 in a .litertlm (what ai-edge-quantizer
+    writes, test_litertlm_block_scales_are_float16), float32 in ONNX."""
+    return n // 2 + n // 32 * scale_bytes
 
 
 @pytest.mark.parametrize("preset,layers,ffn,shared", [("gemma-3n-E2B", 30, 8192, 10), ("gemma-3n-E4B", 35, 16384, 15)])
@@ -62,7 +64,25 @@ def test_a_4bit_lm_head_is_planned_apart_from_the_lookup_table():
     saved = vocab * hidden + vocab * 4 - int4_block32(vocab * hidden)  # int8 per row -> int4 blocks of 32
     assert fp8.parts["weights"] - fp4.parts["weights"] == pytest.approx(saved, rel=1e-6)
     _, onnx4 = plan_from_preset("gemma-3n-E2B", "int4-head4", "onnx", CONTEXT, 128, "onnx")
-    assert "embedding" not in onnx4 and onnx4["lm_head"]["bytes"] == int4_block32(vocab * hidden)
+    assert "embedding" not in onnx4 and onnx4["lm_head"]["bytes"] == int4_block32(vocab * hidden, scale_bytes=4)
+
+
+def test_litertlm_block_scales_are_float16(bundle):
+    """quant_plan counts 2 bytes per block scale of a .litertlm weight: every 4-bit weight of an
+    int4 bundle's main model has blockwise scales, and the file holds them as FLOAT16."""
+    from ai_edge_litert import schema_py_generated as tfl
+
+    from edgepack.bundle import Bundle
+    from test_stitch import main_model
+
+    model = main_model(Bundle(bundle("gemma3n_causal", "litertlm", "int4")))
+    scales = []
+    for g in model.subgraphs:
+        for t in g.tensors:
+            if t.type == tfl.TensorType.INT4 and len(t.shape) == 2:
+                assert isinstance(t.quantization.details, tfl.BlockwiseQuantizationT), t.name
+                scales.append(g.tensors[t.quantization.details.scales].type)
+    assert scales and set(scales) == {tfl.TensorType.FLOAT16}
 
 
 @pytest.mark.parametrize("name,fmt,quant", [

@@ -216,12 +216,26 @@ class KVCache:
         return {k: kv.k, v: kv.v}
 
 
+def matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b.transpose(2, 3) for [1, KVH, ., .] tensors. For TFLite it is litert-torch's bmm_4d,
+    one BATCH_MATMUL that reads b as it is stored (adj_y), as Google's export_hf writes attention:
+    torch.matmul with the transpose lowers to a TRANSPOSE that copies the whole cache of every
+    global layer on every call (8 MiB per tensor per step for full-size E2B), and that copy's
+    scratch stays allocated."""
+    if torch.onnx.is_in_onnx_export():
+        return torch.matmul(a, b.transpose(2, 3))
+    from litert_torch.generative.custom_ops.bmm_4d import bmm_4d
+
+    return bmm_4d(a, b)
+
+
 def attend(q: torch.Tensor, kv: LayerKV, mask: LayerMask, scaling: float):
     """Grouped-query attention of q [1, T, H, D] over the cache (and the chunk's own K/V when kept
     apart); returns [1, T, H*D].
 
     Query head h reads KV head h // (H / KVH), as transformers' `repeat_kv` does; grouping the
-    query heads instead of repeating K/V keeps the cache read once.
+    query heads instead of repeating K/V keeps the cache read once. Both products contract the
+    cache's last axis (K [.., S, D], V [.., D, S]): `matmul_nt`.
     """
     _, t, h, d = q.shape
     kvh = kv.k.shape[1]
@@ -229,17 +243,16 @@ def attend(q: torch.Tensor, kv: LayerKV, mask: LayerMask, scaling: float):
     q = q.transpose(1, 2).reshape(1, kvh, g * t, d)
 
     def scores(keys, m):  # keys [1, KVH, S, D] -> [1, KVH, G*T, S]
-        s = torch.matmul(q, keys.transpose(2, 3)) * scaling
+        s = matmul_nt(q, keys) * scaling
         return (s.reshape(1, kvh, g, t, -1) + m[:, :, None]).reshape(1, kvh, g * t, -1)
 
     s = scores(kv.k, mask.cache)
     if kv.k_new is None:
-        out = torch.matmul(torch.softmax(s, dim=-1), kv.v.transpose(2, 3))  # [1, KVH, G*T, D]
+        out = matmul_nt(torch.softmax(s, dim=-1), kv.v)  # [1, KVH, G*T, D]
     else:
         c = s.shape[-1]
         probs = torch.softmax(torch.cat([s, scores(kv.k_new, mask.chunk)], dim=-1), dim=-1)
-        out = (torch.matmul(probs[..., :c], kv.v.transpose(2, 3))
-               + torch.matmul(probs[..., c:], kv.v_new.transpose(2, 3)))
+        out = matmul_nt(probs[..., :c], kv.v) + matmul_nt(probs[..., c:], kv.v_new)
     return out.reshape(1, h, t, d).transpose(1, 2).reshape(1, t, h * d)
 
 
