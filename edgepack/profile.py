@@ -154,6 +154,14 @@ def measure(bundle: Path, prompt_tokens: int, new_tokens: int, engine: str | Non
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     os.set_blocking(proc.stdout.fileno(), False)
     t0, samples, events, out = time.time(), [], {}, ""
+
+    def read_events() -> None:
+        nonlocal out
+        out += (proc.stdout.read() or b"").decode()  # non-blocking: None while the child is quiet
+        for word in ("loaded", "done"):
+            if word in out and word not in events:
+                events[word] = round(time.time() - t0, 3)
+
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # wait4 also gives the page faults
         if pid:
@@ -162,11 +170,9 @@ def measure(bundle: Path, prompt_tokens: int, new_tokens: int, engine: str | Non
         sample = sample_memory(proc.pid, files)
         if sample:
             samples.append({"t": round(time.time() - t0, 3), **sample})
-        out += (proc.stdout.read() or b"").decode()  # non-blocking: None while the child is quiet
-        for word in ("loaded", "done"):
-            if word in out and word not in events:
-                events[word] = round(time.time() - t0, 3)
+        read_events()
         time.sleep(interval)
+    read_events()  # what the child wrote just before it exited, after the last sample
     err = proc.stderr.read().decode(errors="replace")
     if proc.returncode != 0:
         raise EdgepackError(f"the measured run failed (exit {proc.returncode}): {err.strip()[-500:]}")
