@@ -78,11 +78,11 @@ def encode(tokenizer, template: str, messages: list[dict], audio=None) -> list[i
     marked = [m | {"content": f"{_OPEN}{m.get('content', '')}{_CLOSE}"} for m in messages]
     text = render(template, marked)
     ids, rest = [], text
+    plain = lambda x: tokenizer.encode(x, specials_as_text=True)  # noqa: E731
     while _OPEN in rest:
         head, _, tail = rest.partition(_OPEN)
         body, _, rest = tail.partition(_CLOSE)
         ids += tokenizer.encode(head)
-        plain = lambda x: tokenizer.encode(x, specials_as_text=True)  # noqa: E731
         ids += expand(plain, body, audio) if audio else plain(body)
     return ids + tokenizer.encode(rest)
 

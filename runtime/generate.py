@@ -19,10 +19,11 @@ import numpy as np
 from edgepack.bundle import Bundle
 from edgepack.errors import EdgepackError
 from edgepack.footprint import check_fits
-from edgepack.runtime import audio_prompt, chat as chat_prompt, tokenizer as tokenizers
+from edgepack.runtime import audio_prompt, chat as chat_prompt
 from edgepack.runtime.engines import open_engine
 from edgepack.runtime.row_store import StoreOptions
 from edgepack.runtime.sampling import Sampler, SamplingParams
+from edgepack.runtime.tokenizer import load as read_tokenizer
 from edgepack.system import release_freed_heap
 
 
@@ -60,7 +61,7 @@ def load_tokenizer(bundle: Bundle, verified: bool):
     sha = next(f.sha256 for f in bundle.plan.files if f.path == name)
     if verified and (shared := _tokenizers.get(sha)) is not None:
         return shared
-    tokenizer = tokenizers.load(bundle.file(name))
+    tokenizer = read_tokenizer(bundle.file(name))
     release_freed_heap()  # reading tokenizer.json leaves its parsed JSON freed but still mapped
     if verified:
         _tokenizers[sha] = tokenizer
