@@ -129,4 +129,7 @@ def parse(raw: dict, where: str = "recipe") -> Recipe:
     grid = raw.get("source_grid", "keep")
     if grid not in ("keep", "requantize"):
         raise EdgepackError(f"{where}: source_grid must be 'keep' or 'requantize', got {grid!r}")
+    unknown = set(raw) - {"name", "description", "source_grid", "components"}
+    if unknown:  # a misspelt key would otherwise be ignored without a word
+        raise EdgepackError(f"{where}: unknown keys {sorted(unknown)}")
     return Recipe(raw.get("name", Path(where).stem), comps, grid, raw.get("description", ""))

@@ -169,6 +169,17 @@ def _summary(results: list[dict]) -> dict:
     return out
 
 
+def peer_bits(precision) -> str | None:
+    """Which of onnxruntime-genai's builds (`-p int8` / `-p int4`) a bundle is compared with: the
+    named recipe's, or for a recipe file the bit width of its attention weights, the decoder's
+    matmuls (benchmarks/int4-at-ort-genai-size.json, 4-bit everywhere, goes with `-p int4`)."""
+    if precision.quantization in ("int8", "int4", "int4-head4"):
+        return precision.quantization.removesuffix("-head4")
+    stored = precision.components.get("attention", {}).get("precisions", [])
+    widths = {p.split()[0] for p in stored}
+    return widths.pop() if widths in ({"int8"}, {"int4"}) else None
+
+
 def _peers(b, report: dict, prefill: int, decode: int, threads: int, text: Path, gguf: str | None,
            scratch: Path, log) -> dict[str, Callable[[], dict]]:
     """The peers that can run here, each as a function that runs it once; the others are skipped with
@@ -191,9 +202,9 @@ def _peers(b, report: dict, prefill: int, decode: int, threads: int, text: Path,
             _child(peers.LITERT_LM, model, 2, 1, threads, folder, context, text)
         found["litert-lm"] = _runner(peers.LITERT_LM, model, prefill, decode, threads, folder, context, text)
 
-    bits = b.plan.precision.quantization
+    bits = peer_bits(b.plan.precision)
     genai_model = peers.ort_genai_models_dir() / f"gemma-3-270m-{bits}"
-    if _source_gguf(b, None) is None or bits not in ("int8", "int4"):
+    if _source_gguf(b, None) is None or bits is None:
         skip("onnxruntime-genai", "peer models exist for the built-in gemma-3-270m at int8/int4 only")
     elif not (peers.ort_genai_dir() / "onnxruntime_genai").is_dir() or not (genai_model / "genai_config.json").exists():
         skip("onnxruntime-genai", "not built: benchmarks/build_peers.sh installs it and builds its models")

@@ -36,3 +36,18 @@ def test_bench_refuses_more_tokens_than_the_context(bundle, capsys):
 
     assert main(["bench", str(bundle("gemma3", "onnx")), "--prefill", "60", "--decode", "10"]) == 2
     assert "exceeds the bundle's context (64)" in capsys.readouterr().err
+
+
+def test_a_recipe_file_is_compared_with_the_onnxruntime_genai_build_of_its_bit_width():
+    from edgepack.bench import peer_bits
+    from edgepack.plan import Precision
+
+    def precision(name, attention):
+        return Precision("quantized", name, {"attention": {"precisions": attention}})
+
+    assert peer_bits(precision("int4", ["int4 block 32", "int8 block 32"])) == "int4"  # named: by its name
+    assert peer_bits(precision("int4-head4", ["int4 block 32"])) == "int4"
+    assert peer_bits(precision("int4-small-onnx", ["int4 block 32"])) == "int4"  # benchmarks/int4-at-ort-genai-size.json
+    assert peer_bits(precision("mine", ["int8 block 32"])) == "int8"
+    assert peer_bits(precision("mixed", ["int4 block 32", "int8 block 32"])) is None  # no build like it
+    assert peer_bits(Precision("fp32", "none", {})) is None

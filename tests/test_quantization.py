@@ -48,7 +48,8 @@ def test_recipes_load_and_reject_bad_files(tmp_path):
     bad = [({"components": {"mlpp": {"bits": 4}}}, "unknown component"),
            ({"components": {"mlp": {"bits": 3}}}, "bits must be"),
            ({"components": {"mlp": {"bits": 4, "block": 48}}}, "block must be"),
-           ({"components": {}, "source_grid": "x"}, "source_grid")]
+           ({"components": {}, "source_grid": "x"}, "source_grid"),
+           ({"components": {}, "sourcegrid": "keep"}, "unknown keys")]
     for raw, message in bad:
         f = tmp_path / "r.json"
         f.write_text(json.dumps(raw))
