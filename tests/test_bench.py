@@ -47,7 +47,7 @@ def test_a_recipe_file_is_compared_with_the_onnxruntime_genai_build_of_its_bit_w
 
     assert peer_bits(precision("int4", ["int4 block 32", "int8 block 32"])) == "int4"  # named: by its name
     assert peer_bits(precision("int4-head4", ["int4 block 32"])) == "int4"
-    assert peer_bits(precision("int4-small-onnx", ["int4 block 32"])) == "int4"  # benchmarks/int4-at-ort-genai-size.json
+    assert peer_bits(precision("int4-at-ort-genai-size", ["int4 block 32"])) == "int4"  # the benchmark recipe
     assert peer_bits(precision("mine", ["int8 block 32"])) == "int8"
     assert peer_bits(precision("mixed", ["int4 block 32", "int8 block 32"])) is None  # no build like it
     assert peer_bits(Precision("fp32", "none", {})) is None

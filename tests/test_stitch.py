@@ -37,10 +37,7 @@ def operator_counts(model) -> dict[str, collections.Counter]:
 def main_model(b: Bundle):
     from ai_edge_litert.tools import flatbuffer_utils as fb
 
-    main = b.main_section
-    with open(b.file(b.graph.file), "rb") as f:
-        f.seek(main.offset)
-        return fb.read_model_from_bytearray(bytearray(f.read(main.size)))
+    return fb.read_model_from_bytearray(bytearray(b.read_section(b.main_section)))
 
 
 def cache_copies(b: Bundle) -> list[str]:
