@@ -1,10 +1,11 @@
 """ONNX lowering (torch.onnx dynamo exporter) for onnxruntime.
 
 One graph with a dynamic sequence length serves prefill chunks and single-token decode. Inputs
-keep LiteRT-LM's names (`tokens`, `per_layer_embeddings`, `input_pos`, `mask`, `kv_cache_k_i` ...);
-outputs are `logits` and the chunk's K/V as `kv_slice_k_i` / `kv_slice_v_i`, which the runtime writes
-into its cache in place (see blocks.KVCache: onnxruntime can't update a tensor in place, and an
-updated-cache output would copy the whole cache every token).
+keep LiteRT-LM's names (`tokens`, `per_layer_embeddings`, `input_pos`, `mask`, `kv_cache_k_i` ...).
+Outputs are `logits` and either the updated caches as `present_k_i` / `present_v_i`, written in
+place by onnxruntime's GroupQueryAttention into the buffers the runtime binds to both names
+(Gemma 3), or the chunk's K/V as `kv_slice_k_i` / `kv_slice_v_i`, which the runtime writes into its
+cache itself (Gemma 3n; see blocks.KVCache).
 Weights go to external data (`model.onnx.data`) so models over 2 GB work.
 """
 
@@ -30,6 +31,7 @@ class _FlatSignature(torch.nn.Module):
     def __init__(self, model, cache_layers: list[int], per_layer: bool, multimodal_offset: int | None):
         super().__init__()
         self.model, self.cache_layers, self.per_layer = model, cache_layers, per_layer
+        self.group_query = model.cache.backend == "group_query"
         self.multimodal_offset = multimodal_offset
 
     def forward(self, tokens, *rest):
@@ -51,11 +53,12 @@ class _FlatSignature(torch.nn.Module):
             out = self.model(per_layer_embeddings, input_pos, mask, kv, tokens=tokens)
         else:
             out = self.model(tokens, input_pos, mask, kv)
-        return tuple(out[n] for n in output_names(self.cache_layers))
+        return tuple(out[n] for n in output_names(self.cache_layers, self.group_query))
 
 
-def output_names(cache_layers: list[int]) -> list[str]:
-    return ["logits"] + [contract.kv_slice_name(n) for n in contract.cache_names(cache_layers)]
+def output_names(cache_layers: list[int], group_query: bool) -> list[str]:
+    rename = contract.present_name if group_query else contract.kv_slice_name
+    return ["logits"] + [rename(n) for n in contract.cache_names(cache_layers)]
 
 
 def export(model, cfg, context: int, lengths: list[int], out: Path, per_layer: bool,
@@ -76,7 +79,8 @@ def export(model, cfg, context: int, lengths: list[int], out: Path, per_layer: b
         names.append("per_layer_embeddings")
     args += [pos, torch.from_numpy(contract.causal_mask(pos.numpy(), context))]
     names += ["input_pos", "mask"]
-    shapes = contract.cache_shapes(cfg.cache_layers, cfg.num_key_value_heads, lengths, cfg.head_dim)
+    shapes = contract.cache_shapes(cfg.cache_layers, cfg.num_key_value_heads, lengths, cfg.head_dim,
+                                   flat.group_query)
     args += [torch.zeros(shape) for shape in shapes.values()]
     names += list(shapes)
 
@@ -89,7 +93,7 @@ def export(model, cfg, context: int, lengths: list[int], out: Path, per_layer: b
     with torch.no_grad():
         program = torch.onnx.export(
             flat, tuple(args), dynamo=True, input_names=names,
-            output_names=output_names(cfg.cache_layers),
+            output_names=output_names(cfg.cache_layers, flat.group_query),
             dynamic_shapes=rest_shapes, optimize=True, verbose=False,
             custom_translation_table=TRANSLATIONS,
         )

@@ -79,9 +79,8 @@ def plan_export(family: Family, hf_config: dict, recipe: recipes.Recipe, fmt: st
     cfg = family.config_from_hf(hf_config)
     if max_context > cfg.max_position_embeddings:
         raise EdgepackError(f"--max-context {max_context} exceeds the model's {cfg.max_position_embeddings} positions")
-    backend = "tflite" if fmt == "litertlm" else "onnx"
     with torch.device("meta"):
-        decoder = family.decoder(cfg, backend).eval()
+        decoder = family.decoder(cfg, family.cache_backend(fmt)).eval()
     tables = family.tables_for(fmt)
     shapes = {n: tuple(p.shape) for n, p in decoder.named_parameters()}
     for t in tables.values():  # a table outside the graph: [vocab, width] from the config
@@ -94,12 +93,17 @@ def plan_export(family: Family, hf_config: dict, recipe: recipes.Recipe, fmt: st
         settings = gemma3n_audio.AudioSettings.from_hf(audio["config"])
         tensors |= quant_plan.plan_all(gemma3n_audio.graph_tensors(audio["shapes"]), recipe, fmt, storage,
                                        head_apart=False)
-    # A graph call writes up to `chunk` new K/V before its first query attends (contract.cache_lengths).
+    # A graph call writes up to `chunk` new K/V before its first query attends (contract.cache_lengths);
+    # a group-query graph's window cache keeps some slack instead (contract.window_slack).
+    group_query = fmt == "onnx" and family.onnx_group_query
     chunk = prefill_len if fmt == "litertlm" else 1
+    if group_query:
+        chunk = contract.window_slack(cfg.sliding_window) + 1
     graph = plan.Graph(
         file=GRAPH_FILES[fmt], prefill_lengths=[prefill_len] if fmt == "litertlm" else [],
         inputs=family.graph_input(fmt), cache_layers=cfg.cache_layers,
         cache_lengths=contract.cache_lengths(cfg.layer_types, cfg.cache_layers, cfg.sliding_window, max_context, chunk),
-        num_kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim, vocab_size=cfg.vocab_size)
+        num_kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim, vocab_size=cfg.vocab_size,
+        group_query=group_query)
     return ExportPlan(family, cfg, recipe, fmt, max_context, prefill_len, decoder, graph, tensors, tables,
                       settings)

@@ -42,12 +42,20 @@ def kv_slice_name(cache_name: str) -> str:
     return cache_name.replace("kv_cache_", "kv_slice_", 1)
 
 
+def present_name(cache_name: str) -> str:
+    """A group-query ONNX graph's updated cache (present_k_i for kv_cache_k_i): ONNX names a value
+    once, so the output can't take the input's name; the runtime binds both to one buffer."""
+    return cache_name.replace("kv_cache_", "present_", 1)
+
+
 def k_cache_shape(num_kv_heads: int, cache_len: int, head_dim: int) -> tuple[int, ...]:
     return (1, num_kv_heads, cache_len, head_dim)
 
 
-def v_cache_shape(num_kv_heads: int, cache_len: int, head_dim: int) -> tuple[int, ...]:
-    return (1, num_kv_heads, head_dim, cache_len)
+def v_cache_shape(num_kv_heads: int, cache_len: int, head_dim: int, group_query: bool = False) -> tuple[int, ...]:
+    """V keeps the sequence on its last axis, as LiteRT-LM's graphs do; onnxruntime's
+    GroupQueryAttention wants it laid out as K."""
+    return k_cache_shape(num_kv_heads, cache_len, head_dim) if group_query else (1, num_kv_heads, head_dim, cache_len)
 
 
 def cache_names(cache_layers: list[int]) -> list[str]:
@@ -64,25 +72,43 @@ def cache_lengths(layer_types: list[str], cache_layers: list[int], window: int, 
     call writes up to `chunk` new K/V before its first query attends, and that query still needs
     the window - 1 positions before the chunk, so the ring is window + chunk - 1 slots: `chunk` is
     the prefill length for TFLite (its graphs attend over the updated cache) and 1 for ONNX (its
-    graphs attend to the cache as it was and to a chunk's own K/V apart, blocks.KVCache). When the
+    graphs attend to the cache as it was and to a chunk's own K/V apart, blocks.KVCache); a
+    group-query graph's windowed cache takes window_slack() + 1 (not a ring: window_rows()). When the
     context is no longer than that, the layer keeps the context as it is.
     """
     ring = window + chunk - 1
     return [ring if layer_types[i] == "sliding_attention" and ring < context else context for i in cache_layers]
 
 
+def window_slack(window: int) -> int:
+    """Rows a group-query graph's sliding-window cache keeps beyond its window. onnxruntime's
+    windowed cache moves its rows to the front each time it fills, so `slack` + 1 tokens pass
+    between moves of window - 1 rows: a quarter of the window keeps that to ~4 rows a token."""
+    return max(1, window // 4)
+
+
+def window_rows(total: int, capacity: int, window: int) -> int:
+    """How many of the latest positions a group-query graph's sliding-window cache of `capacity`
+    rows holds after `total` tokens (onnxruntime's `sliding_window_cache`: rows from 0 in position
+    order, never wrapping; once full it drops capacity - window + 1 positions at once)."""
+    if total <= capacity:
+        return total
+    drop = capacity - window + 1
+    return total - drop * -(-(total - capacity) // drop)
+
+
 def cache_shapes(cache_layers: list[int], num_kv_heads: int, lengths: list[int],
-                 head_dim: int) -> dict[str, tuple[int, ...]]:
+                 head_dim: int, group_query: bool = False) -> dict[str, tuple[int, ...]]:
     """cache_names() with their shapes; `lengths` as cache_lengths() gives them."""
     shapes = {}
     for i, n in zip(cache_layers, lengths, strict=True):
         shapes[k_cache_name(i)] = k_cache_shape(num_kv_heads, n, head_dim)
-        shapes[v_cache_name(i)] = v_cache_shape(num_kv_heads, n, head_dim)
+        shapes[v_cache_name(i)] = v_cache_shape(num_kv_heads, n, head_dim, group_query)
     return shapes
 
 
 def cache_bytes(cache_layers: list[int], num_kv_heads: int, lengths: list[int], head_dim: int) -> int:
-    """Bytes of every cache tensor (float32)."""
+    """Bytes of every cache tensor (float32); the layout does not change them."""
     return sum(4 * math.prod(s) for s in cache_shapes(cache_layers, num_kv_heads, lengths, head_dim).values())
 
 

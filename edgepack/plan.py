@@ -64,6 +64,11 @@ class Graph:
     head_dim: int = dataclasses.field(**_meta(min=1, max=65536))
     vocab_size: int = dataclasses.field(**_meta(min=1, max=1 << 24))
     sections: list[Section] | None = None
+    # ONNX graphs whose attention is onnxruntime's GroupQueryAttention: K and V caches alike
+    # [1, KVH, L, D], updated by the graph itself in the buffers the runtime binds as both its
+    # input and its present_* output; a sliding layer's cache is the kernel's windowed one
+    # (contract.window_rows). False: the graph outputs the chunk's K/V and the runtime writes them.
+    group_query: bool = False
 
     @property
     def prefill_length(self) -> int | None:
@@ -73,7 +78,8 @@ class Graph:
 
     @property
     def cache_shapes(self) -> dict[str, tuple[int, ...]]:
-        return contract.cache_shapes(self.cache_layers, self.num_kv_heads, self.cache_lengths, self.head_dim)
+        return contract.cache_shapes(self.cache_layers, self.num_kv_heads, self.cache_lengths, self.head_dim,
+                                     self.group_query)
 
     @property
     def cache_bytes(self) -> int:
@@ -185,6 +191,8 @@ class BundlePlan:
         body = dataclasses.asdict(self)
         if body["graph"]["sections"] is None:
             del body["graph"]["sections"]
+        if not body["graph"]["group_query"]:  # as manifests were written before it
+            del body["graph"]["group_query"]
         if body["audio"] is None:
             del body["audio"]
         for store in body["row_stores"].values():
@@ -221,6 +229,8 @@ class BundlePlan:
                                 f"{len(g.cache_layers)} cache layers")
         if any(n > self.max_context for n in g.cache_lengths) or any(n > self.max_context for n in g.prefill_lengths):
             raise EdgepackError(f"{where}: a cache or prefill length exceeds max_context ({self.max_context})")
+        if g.group_query and self.runtime_format != "onnx":
+            raise EdgepackError(f"{where}: graph.group_query is for ONNX graphs, not {self.runtime_format}")
         if self.runtime_format == "litertlm" and not g.prefill_lengths:
             raise EdgepackError(f"{where}: graph.prefill_lengths is empty (a .litertlm has prefill_<N> graphs)")
         if self.runtime_format == "litertlm" and not any(s.model_type == MAIN_SECTION for s in g.sections or []):

@@ -59,8 +59,8 @@ class Engine:
         self.audio = b.plan.audio
         self.soft: dict[int, np.ndarray] = {}  # position -> audio soft token embedding, for the next prefill
 
-        # The smallest cache along its sequence axis: a sliding layer's ring, or the context.
-        self.ring = min(shape[2 if name.startswith("kv_cache_k_") else 3] for name, shape in self.cache_shapes.items())
+        # The shortest cache: a sliding layer's ring (or window cache), or the context.
+        self.ring = min(g.cache_lengths)
         self.reset()
         if self.warms_up:
             self._warm_up()

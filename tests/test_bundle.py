@@ -244,8 +244,10 @@ def test_bundles_with_one_tokenizer_share_its_parse(bundle, tmp_path):
 def test_a_prompt_that_continues_the_last_run_prefills_only_the_rest(bundle, fmt):
     """A prompt that starts with the last run's tokens (a chat's next turn) keeps their K/V and
     prefills only the rest, with the logits of a run from an empty cache. Past the sliding layers'
-    rings (8 slots in the ONNX graph, 8 + 8 - 1 in the .litertlm) only when at most ring - window
-    tokens (0 and 7) were written past the point where the prompt parts from them."""
+    short caches only when they still read as a fresh run's: the .litertlm's rings (8 + 8 - 1
+    slots) when at most ring - window tokens (7) were written past the point where the prompt parts
+    from them; the ONNX graph's windowed caches (8 + 2 rows, moved every 3 tokens) when their rows
+    have not moved since that point."""
     from edgepack.runtime import Generator
 
     gen = Generator(bundle("gemma3", fmt))
@@ -280,6 +282,18 @@ def test_a_prompt_that_continues_the_last_run_prefills_only_the_rest(bundle, fmt
     steps, reused = run(held[:3] + more + more)  # parts early, and the rings have wrapped
     assert reused == 0
     same_as_fresh(held[:3] + more + more, steps)
+
+    if fmt == "onnx":
+        rows, window = gen.engine.ring, gen.engine.bundle.plan.model.setting("sliding_window")
+        for k in (1, 2):  # parts k tokens before the end
+            run(held + more)
+            total = len(gen.engine.held)
+            assert total > rows  # the windowed caches have moved their rows
+            back = gen.engine.held[:-k] + more
+            steps, reused = run(back)
+            moved = contract.window_rows(total - k, rows, window) != contract.window_rows(total, rows, window) - k
+            assert reused == (0 if moved else total - k)
+            same_as_fresh(back, steps)
 
     first = gen.encode("Hi")
     run(first, n=2)

@@ -140,6 +140,8 @@ def test_the_litertlm_tokenizer_must_be_tokenizer_json(bundle, tmp_path):
     (lambda m: m.__setitem__("schema_version", "1"), "bundle schema '1'"),
     (lambda m: m.__setitem__("max_context", 10**12), "max_context"),
     (lambda m: m["graph"].__setitem__("vocab_size", 100), "outside the vocabulary"),
+    (lambda m: m["graph"].__setitem__("group_query", 1), "group_query must be true or false"),
+    (lambda m: m.__setitem__("runtime_format", "litertlm"), "group_query is for ONNX graphs"),
 ])
 def test_malformed_manifests_are_one_line(copy, change, needle):
     edit(copy, change)
@@ -156,6 +158,13 @@ def test_a_manifest_that_is_a_folder(copy):
     (copy / "manifest.json").unlink()
     (copy / "manifest.json").mkdir()
     assert_one_line_error(*cli("inspect", str(copy))[::2], "not a file")
+
+
+def test_a_manifest_that_misdescribes_its_attention_is_refused_at_load(copy):
+    """The tiny Gemma 3's graph updates its caches itself (present_*); a manifest claiming
+    otherwise would have the engine read outputs the graph doesn't have."""
+    edit(copy, lambda m: m["graph"].pop("group_query"))
+    assert_one_line_error(*cli("run", str(copy), "--prompt", "hi", "--max-new-tokens", "2")[::2], "no output")
 
 
 def test_a_vocabulary_that_disagrees_with_the_graph(copy):

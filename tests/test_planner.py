@@ -42,6 +42,9 @@ def test_plan_follows_the_config_and_the_recipe(family, quant, fmt):
     assert g.cache_layers == list(range(owners))
     chunk = 8 if fmt == "litertlm" else 1
     ring = hf["sliding_window"] + chunk - 1  # a sliding layer keeps its window plus one call's K/V
+    assert g.group_query == (fmt == "onnx" and family == "gemma3")
+    if g.group_query:  # onnxruntime's windowed cache: its window and a quarter more
+        ring = hf["sliding_window"] + hf["sliding_window"] // 4
     assert g.cache_lengths == [ring if hf["layer_types"][i] == SLIDING else 64 for i in range(owners)]
     assert g.prefill_lengths == ([8] if fmt == "litertlm" else [])
     assert (g.num_kv_heads, g.head_dim, g.vocab_size) == (hf["num_key_value_heads"], hf["head_dim"], hf["vocab_size"])

@@ -141,6 +141,7 @@ class LayerMask:
     cache: torch.Tensor  # [1, 1, T, C] additive, over the cache slots
     chunk: torch.Tensor | None = None  # [1, 1, T, T] additive, over the chunk's own keys (ONNX)
     ring: int | None = None  # slots of a ring cache (contract.cache_lengths), None for a linear one
+    window: int | None = None  # a sliding layer's window (group_query: the kernel masks by itself)
 
 
 def cache_lengths(cfg, kv_cache: dict[str, torch.Tensor]) -> dict[str, int]:
@@ -163,10 +164,16 @@ class KVCache:
     the graph learns it from the cache inputs' shapes. TFLite writes a decode token with one
     dynamic_update_slice at input_pos[0] % ring and a prefill chunk, which may wrap, with a gather
     and a select over the ring; ONNX graphs only read the ring, and the runtime writes it.
+
+    group_query (ONNX, plan.Graph.group_query): onnxruntime's GroupQueryAttention reads the cache
+    up to the chunk, writes the chunk into it and masks by itself (causal, and a sliding layer's
+    window); its updated caches are the `present_*` outputs, which the runtime binds to the very
+    buffers it passed in, so nothing is copied. A sliding layer shorter than the context keeps the
+    kernel's windowed cache (contract.window_rows) instead of a ring.
     """
 
     def __init__(self, backend: str):
-        if backend not in ("tflite", "onnx"):
+        if backend not in ("tflite", "onnx", "group_query"):
             raise ValueError(f"unknown cache backend {backend!r}")
         self.backend = backend
 
@@ -175,6 +182,9 @@ class KVCache:
         context, t = mask.shape[-1], input_pos.shape[0]
         ring = lengths.get("sliding_attention", context)
         ring = ring if ring < context else None
+        if self.backend == "group_query":
+            return {"full_attention": LayerMask(mask),
+                    "sliding_attention": LayerMask(mask, ring=ring, window=sliding_window)}
         if ring is None:
             local = sliding_mask(mask, input_pos, sliding_window)
         else:  # TFLite attends over the ring after writing the chunk, ONNX before
@@ -213,7 +223,23 @@ class KVCache:
         k, v = contract.k_cache_name(i), contract.v_cache_name(i)
         if self.backend == "onnx":
             return {contract.kv_slice_name(k): kv.k_new, contract.kv_slice_name(v): kv.v_new}
+        if self.backend == "group_query":
+            return {contract.present_name(k): kv.k, contract.present_name(v): kv.v}
         return {k: kv.k, v: kv.v}
+
+    def group_query_attend(self, q, k, v, kv: LayerKV, input_pos, mask: LayerMask, scaling: float, cos, sin):
+        """group_query: q [1, T, H, D] and the chunk's k [1, T, KVH, D], normed, not rotated, and v
+        [1, T, KVH*D], over the cache (K and V [1, KVH, L, D]); cos/sin [C, D] of every position (the
+        kernel rotates q and k itself). Returns the attention [1, T, H*D] and the updated cache."""
+        _, t, h, d = q.shape
+        kvh = k.shape[2]
+        half = d // 2
+        # positions are contiguous: the chunk ends at input_pos[-1], and the kernel counts from it
+        out, k_cache, v_cache = onnx_contrib.group_query_attention(
+            q.reshape(1, t, h * d), k.reshape(1, t, kvh * d), v, kv.k, kv.v,
+            input_pos[-1:], input_pos[-1] + 1, cos[:, :half], sin[:, :half], h, kvh, scaling, mask.window or -1,
+            mask.ring is not None)
+        return out, LayerKV(k_cache, v_cache)
 
 
 def matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -56,7 +56,7 @@ class Family:
     # config.json or None when the config is the text config itself)
     architectures: dict[str, tuple[str, str | None]]
     config_from_hf: Callable[[dict], Any]  # the family's config dataclass from a text config dict
-    decoder: Callable[[Any, str], Any]  # (config, "tflite" | "onnx") -> the graph module
+    decoder: Callable[[Any, str], Any]  # (config, a blocks.KVCache backend) -> the graph module
     litertlm_model_type: str  # LiteRT-LM's LlmModelType field for the family
     tables: dict[str, Table] = dataclasses.field(default_factory=dict)  # row store name -> table
     # (decoder, config, prefill length, cache lengths) -> the pieces a .litertlm main model is
@@ -64,6 +64,16 @@ class Family:
     litertlm_pieces: Callable[[Any, Any, int, list[int]], list[PieceSpec]] | None = None
     # checkpoint tensors the decoder never reads (config -> names), left out of every plan
     unused_tensors: Callable[[Any], list[str]] = lambda cfg: []
+    # Its ONNX graph attends with onnxruntime's GroupQueryAttention (plan.Graph.group_query). Gemma
+    # 3n's doesn't: its KV-shared layers read another layer's cache with the chunk written, which
+    # the kernel only gives as an output (onnxruntime issue 28318).
+    onnx_group_query: bool = False
+
+    def cache_backend(self, fmt: str) -> str:
+        """The blocks.KVCache backend of the family's graph in a bundle of format `fmt`."""
+        if fmt == "litertlm":
+            return "tflite"
+        return "group_query" if self.onnx_group_query else "onnx"
 
     @property
     def piecewise_litertlm(self) -> bool:

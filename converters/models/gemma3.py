@@ -13,6 +13,7 @@ import math
 import torch
 from torch import nn
 
+from edgepack.converters import onnx_quant
 from edgepack.converters.models import blocks, family
 from edgepack.errors import EdgepackError
 
@@ -105,9 +106,12 @@ class Gemma3Attention(nn.Module):
     def forward(self, x, cos, sin, mask, kv: blocks.LayerKV, input_pos, cache: blocks.KVCache):
         h, kvh, d = self.shape
         t = x.shape[1]
-        q = blocks.apply_rope(self.q_norm(self.q_proj(x).reshape(1, t, h, d)), cos, sin)
-        k = blocks.apply_rope(self.k_norm(self.k_proj(x).reshape(1, t, kvh, d)), cos, sin)
-        v = self.v_proj(x).reshape(1, t, kvh, d)
+        q, k, v = onnx_quant.linears(x, [self.q_proj, self.k_proj, self.v_proj])
+        q, k = self.q_norm(q.reshape(1, t, h, d)), self.k_norm(k.reshape(1, t, kvh, d))
+        if cache.backend == "group_query":  # cos/sin of every position: the kernel rotates q and k
+            out, kv = cache.group_query_attend(q, k, v, kv, input_pos, mask, self.scaling, cos, sin)
+            return self.o_proj(out), kv
+        q, k, v = blocks.apply_rope(q, cos, sin), blocks.apply_rope(k, cos, sin), v.reshape(1, t, kvh, d)
         kv = cache.write(kv.k, kv.v, k.transpose(1, 2), v.permute(0, 2, 3, 1), input_pos, mask.ring)
         return self.o_proj(blocks.attend(q, kv, mask, self.scaling)), kv
 
@@ -120,7 +124,8 @@ class Gemma3MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
-        return self.down_proj(blocks.gelu_tanh(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = onnx_quant.linears(x, [self.gate_proj, self.up_proj])
+        return self.down_proj(blocks.gelu_tanh(gate) * up)
 
 
 class Gemma3DecoderLayer(nn.Module):
@@ -166,7 +171,10 @@ class Gemma3ForCausalLM(nn.Module):
         cfg = self.config
         # transformers casts the scale to the weight dtype; exports run in fp32.
         x = self.model.embed_tokens(tokens) * math.sqrt(cfg.hidden_size)
-        rope = {k: blocks.rope_cos_sin(input_pos, getattr(self, f"{k}_inv_freq")) for k in cfg.rope_theta}
+        # the chunk's positions; a group-query graph's kernel takes the table of every position
+        # instead (a constant, folded once when onnxruntime loads the graph)
+        positions = torch.arange(mask.shape[-1], dtype=torch.int32) if self.cache.backend == "group_query" else input_pos
+        rope = {k: blocks.rope_cos_sin(positions, getattr(self, f"{k}_inv_freq")) for k in cfg.rope_theta}
         masks = self.cache.masks(mask, input_pos, cfg.sliding_window, blocks.cache_lengths(cfg, kv_cache))
         out = {}
         for i, layer in enumerate(self.model.layers):
@@ -188,4 +196,5 @@ FAMILY = family.Family(
     config_from_hf=Gemma3Config.from_hf,
     decoder=Gemma3ForCausalLM,
     litertlm_model_type="gemma3",
+    onnx_group_query=True,
 )

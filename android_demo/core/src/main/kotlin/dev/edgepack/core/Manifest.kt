@@ -32,6 +32,8 @@ data class Graph(
     val headDim: Long,
     val vocabSize: Long,
     val sections: List<Section>?,
+    /** ONNX graphs whose attention is onnxruntime's GroupQueryAttention (edgepack/plan.py Graph). */
+    val groupQuery: Boolean = false,
 ) {
     /** Bytes of every K and V cache tensor, float32 (edgepack/contract.py cache_bytes). */
     val cacheBytes: Long get() = cacheLengths.sumOf { 2 * 4 * numKvHeads * it * headDim }
@@ -118,6 +120,7 @@ data class Manifest(
         if ((g.cacheLengths + g.prefillLengths).any { it > maxContext }) {
             fail("a cache or prefill length exceeds max_context ($maxContext)")
         }
+        if (g.groupQuery && runtimeFormat != "onnx") fail("graph.group_query is for ONNX graphs, not $runtimeFormat")
         if (runtimeFormat == "litertlm" && g.prefillLengths.isEmpty()) {
             fail("graph.prefill_lengths is empty (a .litertlm has prefill_<N> graphs)")
         }
@@ -300,7 +303,8 @@ private class Fields(val where: String) {
                 val s = obj(x, n)
                 Section(str(present(s, "data_type", "$n."), "$n.data_type"), optStr(present(s, "model_type", "$n."), "$n.model_type"),
                         int(present(s, "offset", "$n."), "$n.offset", 0), int(present(s, "size", "$n."), "$n.size", 0))
-            })
+            },
+            if ("group_query" in g) bool(g["group_query"], "graph.group_query") else false)
     }
 
     private fun rowStore(s: Map<*, *>, p: String): RowStore = RowStore(
