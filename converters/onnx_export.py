@@ -57,8 +57,7 @@ class _FlatSignature(torch.nn.Module):
 
 
 def output_names(cache_layers: list[int], group_query: bool) -> list[str]:
-    rename = contract.present_name if group_query else contract.kv_slice_name
-    return ["logits"] + [rename(n) for n in contract.cache_names(cache_layers)]
+    return contract.onnx_outputs(contract.cache_names(cache_layers), group_query)
 
 
 def export(model, cfg, context: int, lengths: list[int], out: Path, per_layer: bool,

@@ -95,7 +95,7 @@ def plan_export(family: Family, hf_config: dict, recipe: recipes.Recipe, fmt: st
                                        head_apart=False)
     # A graph call writes up to `chunk` new K/V before its first query attends (contract.cache_lengths);
     # a group-query graph's window cache keeps some slack instead (contract.window_slack).
-    group_query = fmt == "onnx" and family.onnx_group_query
+    group_query = family.cache_backend(fmt) == "group_query"
     chunk = prefill_len if fmt == "litertlm" else 1
     if group_query:
         chunk = contract.window_slack(cfg.sliding_window) + 1

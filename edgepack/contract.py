@@ -48,6 +48,13 @@ def present_name(cache_name: str) -> str:
     return cache_name.replace("kv_cache_", "present_", 1)
 
 
+def onnx_outputs(cache_names: list[str], group_query: bool) -> list[str]:
+    """An ONNX graph's outputs: `logits`, then per cache tensor its present_* (group-query graphs)
+    or its kv_slice_*."""
+    rename = present_name if group_query else kv_slice_name
+    return ["logits"] + [rename(n) for n in cache_names]
+
+
 def k_cache_shape(num_kv_heads: int, cache_len: int, head_dim: int) -> tuple[int, ...]:
     return (1, num_kv_heads, cache_len, head_dim)
 

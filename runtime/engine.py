@@ -95,13 +95,18 @@ class Engine:
         sliding layer's ring (position p in slot p % ring, contract.cache_lengths) reads a stale
         p as p - ring once it has wrapped, and that position is still in a query's window unless p
         is at most (ring - window) past the parting point. Otherwise nothing is reused."""
+        n = self._held_prefix(ids)
+        slack = (self.prefill_length or 1) - 1  # ring - window: the chunk a call writes, less one
+        return n if self.written <= self.ring or n >= self.written - 1 - slack else 0
+
+    def _held_prefix(self, ids: list[int]) -> int:
+        """How many of a prompt's first tokens (all but its last) are the held tokens."""
         n = 0
         for a, b in zip(self.held, ids[:-1]):
             if a != b:
                 break
             n += 1
-        slack = (self.prefill_length or 1) - 1  # ring - window: the chunk a call writes, less one
-        return n if self.written <= self.ring or n >= self.written - 1 - slack else 0
+        return n
 
     def _inputs(self, ids: np.ndarray, positions: np.ndarray) -> dict[str, np.ndarray]:
         t = len(ids)

@@ -38,10 +38,9 @@ class OnnxEngine(Engine):
             raise EdgepackError(f"onnxruntime cannot load {b.path}: {e}") from None
         mapped_pages.drop(weights)
         self.group_query = b.graph.group_query
-        self.total = 0  # tokens the cache holds after the last call (group_query)
+        self._step = self._run_group_query if self.group_query else self._run
         super().__init__(b, stores)
-        rename = contract.present_name if self.group_query else contract.kv_slice_name
-        self.outputs = ["logits"] + [rename(n) for n in self.cache_names]
+        self.outputs = contract.onnx_outputs(self.cache_names, self.group_query)
         shapes = {o.name: o.shape for o in self.session.get_outputs()}
         missing = set(self.outputs) - set(shapes)
         if missing:  # a manifest that doesn't describe its graph (graph.group_query, cache_layers)
@@ -56,7 +55,6 @@ class OnnxEngine(Engine):
         if self.group_query:
             import onnxruntime as ort
 
-            self.total = 0
             # OrtValues over the cache arrays' own memory: bound as present_* too, they are written in place
             self.bound = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in self.cache.items()}
             self.binding = self.session.io_binding()
@@ -70,16 +68,12 @@ class OnnxEngine(Engine):
         from T tokens to a prefix of n reads as a fresh run's only when no rows moved in between."""
         if not self.group_query:
             return super().reusable(ids)
-        n = 0
-        for a, b in zip(self.held, ids[:-1]):
-            if a != b:
-                break
-            n += 1
+        n, total = self._held_prefix(ids), len(self.held)  # no padding: held covers every position written
         window = self.bundle.plan.model.setting("sliding_window")
         for rows in set(self.bundle.cache_lengths) - {self.cache_len}:
             if type(window) is not int or not 1 <= window <= rows:
                 return 0  # a manifest that doesn't say: start afresh
-            if contract.window_rows(n, rows, window) != contract.window_rows(self.total, rows, window) - (self.total - n):
+            if contract.window_rows(n, rows, window) != contract.window_rows(total, rows, window) - (total - n):
                 return 0
         return n
 
@@ -94,7 +88,6 @@ class OnnxEngine(Engine):
         logits = np.empty((1, 1, self.vocab_size), np.float32)
         io.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
         self.session.run_with_iobinding(io)
-        self.total = int(positions[-1]) + 1
         return logits[0, -1]
 
     def _run(self, ids, positions) -> np.ndarray:
@@ -106,7 +99,7 @@ class OnnxEngine(Engine):
         return logits[0, -1]
 
     def _run_prefill(self, ids, positions) -> None:
-        (self._run_group_query if self.group_query else self._run)(ids, positions)
+        self._step(ids, positions)
 
     def _run_decode(self, ids, positions) -> np.ndarray:
-        return (self._run_group_query if self.group_query else self._run)(ids, positions)
+        return self._step(ids, positions)
