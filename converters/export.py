@@ -124,8 +124,9 @@ def _write_onnx(stage: Path, p: ExportPlan, src: Source, stages: Stages) -> dict
     files = [(p.graph.file, "graph"), (p.graph.file + ".data", "weights")]
     row_stores, written = {}, {}
     if p.audio_settings is not None:
-        files += _write_audio(stage, p, src, stages, row_stores)
-        written["audio"] = _audio_entry(gemma3n_audio.ENCODER_FILE, p, src)
+        audio_files, vocab_offset = _write_audio(stage, p, src, stages, row_stores)
+        files += audio_files
+        written["audio"] = _audio_entry(gemma3n_audio.ENCODER_FILE, p, src, vocab_offset)
     for name, table in p.tables.items():
         with stages.stage(f"writing the {name.replace('_', ' ')} store"):
             row_stores[name] = row_tables.write(stage / f"{name}.bin", src.row_chunks(table.tensor),
@@ -134,10 +135,11 @@ def _write_onnx(stage: Path, p: ExportPlan, src: Source, stages: Stages) -> dict
     return written | {"files": files, "row_stores": row_stores}
 
 
-def _write_audio(stage: Path, p: ExportPlan, src: Source, stages: Stages, row_stores: dict) -> list[tuple[str, str]]:
+def _write_audio(stage: Path, p: ExportPlan, src: Source, stages: Stages,
+                 row_stores: dict) -> tuple[list[tuple[str, str]], int]:
     """The audio encoder graph, quantized as its weights are read (its weights are apart from the
-    text graph's, read after it is written: the export's peak stays the text graph's), and
-    embed_audio's vocabulary as a float row store."""
+    text graph's, read after it is written: the export's peak stays the text graph's), and the
+    multimodal vocabularies as a float row store; with the id of the store's first row."""
     from edgepack.converters import onnx_export
 
     name = gemma3n_audio.ENCODER_FILE
@@ -146,22 +148,25 @@ def _write_audio(stage: Path, p: ExportPlan, src: Source, stages: Stages, row_st
     with stages.stage("reading the audio tower and lowering it to ONNX"):
         load_weights(graph, src, quantized, progress=stages.console)
         onnx_export.export_audio(graph, stage / name)
-    return [(name, "audio_encoder"), (name + ".data", "audio_weights"), _write_audio_vocab(stage, graph, p, row_stores)]
+    vocab_file, vocab_offset = _write_multimodal_vocab(stage, graph, p, src, row_stores)
+    return [(name, "audio_encoder"), (name + ".data", "audio_weights"), vocab_file], vocab_offset
 
 
-def _write_audio_vocab(stage: Path, graph, p: ExportPlan, row_stores: dict) -> tuple[str, str]:
-    """embed_audio over its own vocabulary (`graph`'s embedder weights loaded) as a float row store."""
-    table = graph.vocab_table(p.audio_settings)
+def _write_multimodal_vocab(stage: Path, graph, p: ExportPlan, src: Source,
+                            row_stores: dict) -> tuple[tuple[str, str], int]:
+    """The multimodal ids' embeddings (`graph`'s embed_audio loaded; gemma3n_audio.vocab_table) as
+    a float row store: its file entry and the id of its first row."""
+    offset, table = graph.vocab_table(p.audio_settings, src)
     store = gemma3n_audio.VOCAB_STORE
     row_stores[store] = row_tables.write(stage / f"{store}.bin", [table], quant_plan.TensorPlan(
         store, "audio_tower", table.shape, "F32", 32, 0, "float"), 1.0)
-    return f"{store}.bin", store
+    return (f"{store}.bin", store), offset
 
 
-def _audio_entry(encoder: str, p: ExportPlan, src: Source) -> plan.Audio:
+def _audio_entry(encoder: str, p: ExportPlan, src: Source, vocab_offset: int) -> plan.Audio:
     a = p.audio_settings
     return plan.Audio(encoder, gemma3n_audio.VOCAB_STORE, a.soft_tokens, a.start_id, a.soft_id, a.end_id,
-                      a.vocab_offset, a.multimodal_offset, src.audio["preprocessor"] or {})
+                      vocab_offset, a.multimodal_offset, src.audio["preprocessor"] or {})
 
 
 def _write_litertlm(stage: Path, p: ExportPlan, src: Source, stop_ids: list[int], stages: Stages,
@@ -204,8 +209,9 @@ def _write_litertlm(stage: Path, p: ExportPlan, src: Source, stop_ids: list[int]
                           + (", quantized as they come" if audio_plans else "")):
             models |= lx.convert_audio(graph, src, audio_plans, p.audio_settings.end_id, work, keep_lowered,
                                       stages.console)
-        audio = _audio_entry(p.graph.file, p, src)
-        extra.append(_write_audio_vocab(stage, graph, p, row_stores))
+        vocab_file, vocab_offset = _write_multimodal_vocab(stage, graph, p, src, row_stores)
+        audio = _audio_entry(p.graph.file, p, src, vocab_offset)
+        extra.append(vocab_file)
     metadata = lx.llm_metadata(p.family.litertlm_model_type, src.bos_id, stop_ids, p.max_context, src.chat_template)
     with stages.stage("packaging model.litertlm"):
         lx.package(stage / p.graph.file, work, stage / "tokenizer.json", metadata, models)

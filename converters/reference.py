@@ -2,7 +2,9 @@
 
 The full multimodal Gemma 3n class can't be built here (its vision tower needs timm/torchvision),
 so a `Gemma3nForConditionalGeneration` checkpoint is loaded as its text decoder,
-`Gemma3nForCausalLM`, from the `model.language_model.*` tensors: the same computation for text.
+`Gemma3nForCausalLM`, from the `model.language_model.*` tensors, with the input embedding the full
+class applies to token ids (`MultimodalTokens`): the same computation for every id, multimodal ids
+(>= 262,144) included.
 """
 
 from __future__ import annotations
@@ -44,7 +46,49 @@ def _text_decoder_of_multimodal(p: Path, cfg: dict, dtype: torch.dtype):
                                                      key_mapping={r"^model\.language_model\.": "model."})
     finally:
         shutil.rmtree(view, ignore_errors=True)
+    if arch == "Gemma3nForCausalLM":
+        model.model.embed_tokens = MultimodalTokens(model.model.embed_tokens, p, cfg, dtype)
     return model.eval()
+
+
+class MultimodalTokens(torch.nn.Module):
+    """embed_tokens as `Gemma3nModel.forward` applies it to token ids: an id of embed_vision's
+    vocabulary takes embed_vision's embedding, one of embed_audio's (from its vocab_offset on)
+    embed_audio's. The two are transformers' own `Gemma3nMultimodalEmbedder`, read from the
+    checkpoint; a checkpoint without one keeps embed_tokens' rows for its ids, as the CausalLM does.
+
+    Without it, the text decoder alone disagrees with the checkpoint's model wherever such an id is
+    in the sequence (a random-weight model picks one greedily every thousand tokens or so)."""
+
+    def __init__(self, text: torch.nn.Module, folder: Path, cfg: dict, dtype: torch.dtype):
+        super().__init__()
+        from safetensors import safe_open
+        from transformers import Gemma3nAudioConfig, Gemma3nTextConfig, Gemma3nVisionConfig
+        from transformers.models.gemma3n.modeling_gemma3n import Gemma3nMultimodalEmbedder
+
+        self.text = text
+        self.embedders = torch.nn.ModuleList()
+        text_config = Gemma3nTextConfig(**cfg["text_config"])
+        for key, config_class, prefix in (("vision_config", Gemma3nVisionConfig, "model.embed_vision."),
+                                          ("audio_config", Gemma3nAudioConfig, "model.embed_audio.")):
+            weights = {}
+            for f in folder.glob("*.safetensors"):
+                with safe_open(str(f), "pt") as h:
+                    weights |= {k[len(prefix):]: h.get_tensor(k) for k in h.keys() if k.startswith(prefix)}
+            if not weights or not isinstance(cfg.get(key), dict):
+                continue
+            embedder = Gemma3nMultimodalEmbedder(config_class(**cfg[key]), text_config)
+            embedder.load_state_dict(weights)
+            self.embedders.append(embedder.to(dtype))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.text(ids)
+        for e in self.embedders:
+            mine = (ids >= e.vocab_offset) & (ids < e.vocab_offset + e.vocab_size)
+            if mine.any():
+                rows = e(input_ids=torch.where(mine, ids, e.vocab_offset))
+                x = torch.where(mine[..., None], rows.to(x.dtype), x)
+        return x
 
 
 def all_position_logits(source: str | Path, ids: list[int], model=None) -> np.ndarray:

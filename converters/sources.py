@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.converters import families
-from edgepack.converters.models.gemma3n_audio import EMBEDDER, TOWER
+from edgepack.converters.models.gemma3n_audio import EMBEDDER, TOWER, VISION_EMBEDDER
 from edgepack.converters.gguf_source import open_gguf
 from edgepack.converters.safetensors_file import SafetensorsFile
 from edgepack.converters.source import Source
 from edgepack.errors import EdgepackError
 
 
-AUDIO_PREFIXES = (TOWER, EMBEDDER)
+AUDIO_PREFIXES = (TOWER, EMBEDDER, VISION_EMBEDDER)  # embed_vision: its ids' rows (gemma3n_audio.vocab_table)
 
 
 def open_source(path: str | Path) -> Source:
@@ -85,7 +85,7 @@ def _open_hf_dir(p: Path) -> Source:
     tokenizer_json, template = _hf_tokenizer(p)
     shapes = {name: h.shape(key) for name, (h, key) in where.items()}
     audio = None
-    if any(n.startswith(AUDIO_PREFIXES) for n in where):
+    if any(n.startswith((TOWER, EMBEDDER)) for n in where):
         audio = {"config": full, "preprocessor": _json_object(p / "preprocessor_config.json"),
                  "shapes": {n: s for n, s in shapes.items() if n.startswith(AUDIO_PREFIXES)}}
     return Source(p, family, arch, config, read, lambda: tokenizer_json, template, sorted(skipped), "safetensors",

@@ -157,8 +157,9 @@ class Model:
 @dataclasses.dataclass(frozen=True)
 class Audio:
     """Gemma 3n's audio path: the encoder (ONNX: its graph file; .litertlm: the .litertlm, whose
-    AUDIO_SECTIONS hold it), the row store of embed_audio's own vocabulary (row r is id
-    vocab_offset + r), and how a clip goes into a prompt."""
+    AUDIO_SECTIONS hold it), the row store of the multimodal vocabularies' embeddings (row r is id
+    vocab_offset + r: embed_vision's ids, when the checkpoint has them, then embed_audio's), and how
+    a clip goes into a prompt."""
     encoder: str = dataclasses.field(**_meta(path=True))
     vocab_store: str  # a key of row_stores
     soft_tokens: int = dataclasses.field(**_meta(min=1, max=4096))  # per clip

@@ -127,7 +127,8 @@ class Engine:
 
     def _multimodal(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """[T, hidden]: row t for a multimodal token (zeros for the others, which the graph does not
-        read): an audio soft token's embedding, an audio marker's row of embed_audio's vocabulary."""
+        read): an audio soft token's embedding, or the id's row of the multimodal vocabularies
+        (embed_vision's and embed_audio's; an id with no row, of an older bundle, reads zeros)."""
         a = self.audio
         out = np.zeros((len(ids), self.bundle.plan.model.setting("hidden_size")), np.float32)
         vocab = self.stores[a.vocab_store]

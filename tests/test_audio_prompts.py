@@ -77,6 +77,25 @@ def reference_inputs(folder: Path, wavs: list[Path], text: str, window: int | No
     return {"input_ids": torch.tensor([ids]), "input_features": features, "input_features_mask": mask}
 
 
+def test_reference_text_view_embeds_multimodal_ids_as_the_full_class(transformers_model, reference):
+    """The equivalence tests' reference for a multimodal checkpoint is its text decoder
+    (converters/reference.py); on ids of the vision and audio vocabularies it must give the full
+    class's logits, which take those ids' embeddings from embed_vision and embed_audio."""
+    import torch
+
+    view = reference("gemma3n_multimodal")
+    ids = torch.tensor([[2, 818, 262_150, 1001, 262_272, 262_399, 5]])
+    with torch.no_grad():
+        want = transformers_model(input_ids=ids).logits
+        assert float((view(ids).logits - want).abs().max()) < 1e-4
+        text = view.model.embed_tokens.text  # the decoder's own table alone: another model on these ids
+        view.model.embed_tokens, kept = text, view.model.embed_tokens
+        try:
+            assert float((view(ids).logits - want).abs().max()) > 1e-2
+        finally:
+            view.model.embed_tokens = kept
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "litertlm"])
 @pytest.mark.parametrize("clips", [1, 2])
 def test_audio_prompts_match_transformers(fmt, clips, audio_bundles, transformers_model, checkpoint, wavs):

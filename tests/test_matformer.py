@@ -119,7 +119,7 @@ def test_slice_loads_in_transformers_and_bundles_match_it(name, sliced, shared):
             ids = gen.encode(prompt)
             steps = []
             list(gen.generate_ids(ids, NEW_TOKENS, on_step=steps.append))
-            assert_follows_reference(reference, ids, steps, source=folder)
+            assert_follows_reference(reference, ids, steps)
 
 
 def _digests(folder) -> dict:

@@ -13,8 +13,10 @@ What reaches the decoder, as transformers' `Gemma3nModel.forward` builds it:
   audio vocabulary's last token;
 - `<start_of_audio>` is an ordinary text token; every id at or above `multimodal_offset` (the
   vision vocabulary's start) takes its embedding from a multimodal embedder instead of
-  `embed_tokens`, `<end_of_audio>` from `embed_audio`'s own 128-row vocabulary. Those rows are a
-  fixed table (`vocab_table`), kept as a float row store beside the graph.
+  `embed_tokens`: `<end_of_audio>` from `embed_audio`'s own 128-row vocabulary, an id of the vision
+  vocabulary (262,144-262,271) from `embed_vision`'s. Those rows are a fixed table (`vocab_table`),
+  kept as a float row store beside the graph. The vision tower is not exported, but its
+  vocabulary's ids are tokens like any other: a prompt may hold them, a sampler may pick them.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-TOWER, EMBEDDER = "model.audio_tower.", "model.embed_audio."
+TOWER, EMBEDDER, VISION_EMBEDDER = "model.audio_tower.", "model.embed_audio.", "model.embed_vision."
 ENCODER_FILE = "audio_encoder.onnx"
-VOCAB_STORE = "audio_vocab"
+VOCAB_STORE = "multimodal_vocab"
 # A .litertlm's encoder takes a fixed number of log-mel frames (LiteRT-LM splits longer input into
 # chunks of it and encodes each alone): 3,008 holds a whole 30 s clip (2,997 frames), so no clip
 # is ever split, and is a multiple of the encoder's 16x shrink (LiteRT-LM requires one).
@@ -85,15 +87,42 @@ class AudioGraph(nn.Module):
         out = self.model.audio_tower(features, ~mask, return_dict=True)
         return self.model.embed_audio(inputs_embeds=out.last_hidden_state), ~out.audio_mel_mask
 
-    def vocab_table(self, settings: AudioSettings) -> np.ndarray:
-        """embed_audio's output for each id of its own vocabulary, [vocab_size, hidden] float32."""
-        ids = torch.arange(settings.vocab_offset, settings.vocab_offset + settings.vocab_size)[None]
+    def vocab_table(self, settings: AudioSettings, src) -> tuple[int, np.ndarray]:
+        """The multimodal vocabularies' embeddings, [rows, hidden] float32, and the id of row 0:
+        embed_vision's over its ids when the checkpoint has it (they run up to the audio
+        vocabulary's), then embed_audio's over its own (this graph's embedder, loaded)."""
         with torch.no_grad():
-            return self.model.embed_audio(input_ids=ids)[0].float().numpy()
+            ids = torch.arange(settings.vocab_offset, settings.vocab_offset + settings.vocab_size)[None]
+            table = self.model.embed_audio(input_ids=ids)[0].float().numpy()
+            vision = _vision_embedder(src)
+            if vision is None or vision.vocab_offset + vision.vocab_size != settings.vocab_offset:
+                return settings.vocab_offset, table
+            ids = torch.arange(vision.vocab_offset, settings.vocab_offset)[None]
+            return vision.vocab_offset, np.concatenate([vision(input_ids=ids)[0].float().numpy(), table])
 
     @classmethod
     def from_source(cls, src) -> "AudioGraph":
         return cls(src.audio["config"]["audio_config"], src.config)
+
+
+def _vision_embedder(src):
+    """transformers' embed_vision with the checkpoint's weights, or None when it has none."""
+    from accelerate import init_empty_weights
+    from transformers import Gemma3nTextConfig, Gemma3nVisionConfig
+    from transformers.models.gemma3n.modeling_gemma3n import Gemma3nMultimodalEmbedder
+
+    from edgepack.converters.decoder import load_weights
+
+    vision = src.audio["config"].get("vision_config")
+    if not isinstance(vision, dict) or not any(n.startswith(VISION_EMBEDDER) for n in src.shapes):
+        return None
+    holder = nn.Module()
+    holder.model = nn.Module()
+    with init_empty_weights(include_buffers=False):
+        holder.model.embed_vision = Gemma3nMultimodalEmbedder(Gemma3nVisionConfig(**vision),
+                                                              Gemma3nTextConfig(**src.config))
+    load_weights(holder, src, progress=None)
+    return holder.model.embed_vision.eval()
 
 
 def graph_tensors(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
