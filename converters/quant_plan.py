@@ -1,10 +1,11 @@
 """What happens to each weight under a recipe, for one target format: the decision and its report.
 
 Both exporters follow the same plan. A tensor is left float when its component is float in the
-recipe or its rows don't split into the recipe's blocks. A GGUF tensor whose grid the format holds
-exactly is transcoded (ONNX: Q8_0/Q5_0/Q6_K as 8-bit, Q4_K as 4-bit codes plus per-block offsets); with
-`source_grid: keep`, a GGUF grid finer than the requested bits is stored at 8 bits rather than
-rounded again. Everything else is rounded to the recipe's grid (TFLite: by ai-edge-quantizer).
+recipe or its rows don't split into the recipe's blocks. With `source_grid: keep` (the named
+recipes), a GGUF tensor whose grid the format holds exactly is transcoded (ONNX: Q8_0/Q5_0/Q6_K as
+8-bit, Q4_K as 4-bit codes plus per-block offsets), and a GGUF grid finer than the requested bits is
+stored at 8 bits rather than rounded again. Everything else, and under `source_grid: requantize`
+every tensor, is rounded to the recipe's grid (TFLite: by ai-edge-quantizer).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def decide(name: str, shape: tuple[int, ...], recipe: Recipe, fmt: str, source: 
         # never round an already-quantized tensor onto a coarser grid; TFLite's 8-bit weights
         # are per channel only
         bits, block = 8, (block if fmt == "onnx" else 0)
-    exact_bits = _EXACT_ONNX.get(source, 99)
+    exact_bits = _EXACT_ONNX.get(source, 99) if recipe.source_grid == "keep" else 99
     if fmt == "onnx" and exact_bits <= bits and not (bits == 8 and block > 32):
         # held exactly, never widened. An 8-bit block coarser than 32 asked for is rounded to:
         # onnxruntime's 8-bit kernel reads blocks of 128 1.2-1.9x faster, and the 270M's tied

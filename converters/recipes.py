@@ -19,9 +19,11 @@ user's own). Components, by the checkpoint's tensor names:
 
 Each component: `bits` (4, 8, or 32 = float), `block` (0 = one scale per output channel / table
 row, else 32, 64 or 128 weights per scale) and optionally `onnx_block` (onnxruntime's MatMulNBits
-has no per-channel mode). `source_grid`: what to do with a tensor a GGUF already stores quantized
-on a grid finer than the requested bits: `keep` stores it at 8 bits (exactly, where the format can)
-instead of rounding it a second time; `requantize` rounds it to the requested bits.
+has no per-channel mode). `source_grid`: what to do with a tensor a GGUF already stores quantized:
+`keep` holds its own grid where the format can (exactly: an ONNX Q4_K tensor as 4-bit codes plus
+per-block offsets) and stores a grid finer than the requested bits at 8 bits instead of rounding it
+a second time; `requantize` rounds every tensor to the requested bits and blocks, as a converter
+that dequantizes the GGUF first does.
 """
 
 from __future__ import annotations

@@ -37,6 +37,33 @@ def test_gguf_grids_transcode_exactly():
         assert q.bits == (4 if kind == "Q4_K" else 8) and q.how == f"exact from {kind}"
 
 
+def test_source_grid_keep_holds_gguf_grids_and_requantize_rounds_them(tmp_path):
+    """On the real 270M GGUF's own tensor types: `keep` holds each grid ONNX can hold exactly
+    (Q4_K as 4-bit codes plus offsets, the 8-bit ones as 8 bits even where 4 are asked);
+    `requantize` rounds every one to the recipe's bits and blocks, as a converter that dequantizes
+    the GGUF first (onnxruntime-genai's builder) does."""
+    from edgepack.converters import recipes, sources
+    from edgepack.converters.builtin import gemma_gguf
+    from edgepack.converters.quant_plan import decide
+
+    src = sources.open_source(gemma_gguf())
+    grids = {}
+    for name, shape in src.shapes.items():
+        grids.setdefault(src.storage(name), (name, shape))
+    assert {"Q4_K", "Q8_0"} <= set(grids)
+    plans = {}
+    for grid in ("keep", "requantize"):
+        f = tmp_path / f"{grid}.json"
+        f.write_text(json.dumps({"source_grid": grid, "components": {c: {"bits": 4, "block": 32} for c in
+                                                                     ("embedding", "attention", "mlp")}}))
+        recipe = recipes.load(str(f))
+        plans[grid] = {g: decide(n, tuple(s), recipe, "onnx", g) for g, (n, s) in grids.items() if len(s) == 2}
+    assert plans["keep"]["Q4_K"].how == "exact from Q4_K" and plans["keep"]["Q4_K"].bits == 4
+    assert plans["keep"]["Q8_0"].how == "exact from Q8_0" and plans["keep"]["Q8_0"].bits == 8
+    for grid, plan in plans["requantize"].items():
+        assert (plan.bits, plan.block, plan.how) == (4, 32, f"rounded from {grid}"), (grid, plan)
+
+
 def test_recipes_load_and_reject_bad_files(tmp_path):
     from edgepack.converters import recipes
 
