@@ -69,12 +69,17 @@ class MultimodalTokens(torch.nn.Module):
         self.text = text
         self.embedders = torch.nn.ModuleList()
         text_config = Gemma3nTextConfig(**cfg["text_config"])
-        for key, config_class, prefix in (("vision_config", Gemma3nVisionConfig, "model.embed_vision."),
-                                          ("audio_config", Gemma3nAudioConfig, "model.embed_audio.")):
-            weights = {}
-            for f in folder.glob("*.safetensors"):
-                with safe_open(str(f), "pt") as h:
-                    weights |= {k[len(prefix):]: h.get_tensor(k) for k in h.keys() if k.startswith(prefix)}
+        kinds = (("vision_config", Gemma3nVisionConfig, "model.embed_vision."),
+                 ("audio_config", Gemma3nAudioConfig, "model.embed_audio."))
+        found: dict[str, dict] = {prefix: {} for _, _, prefix in kinds}
+        for f in folder.glob("*.safetensors"):  # each shard read once, for both embedders
+            with safe_open(str(f), "pt") as h:
+                for k in h.keys():
+                    prefix = next((q for q in found if k.startswith(q)), None)
+                    if prefix:
+                        found[prefix][k[len(prefix):]] = h.get_tensor(k)
+        for key, config_class, prefix in kinds:
+            weights = found[prefix]
             if not weights or not isinstance(cfg.get(key), dict):
                 continue
             embedder = Gemma3nMultimodalEmbedder(config_class(**cfg[key]), text_config)

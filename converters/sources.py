@@ -17,7 +17,9 @@ from edgepack.converters.source import Source
 from edgepack.errors import EdgepackError
 
 
-AUDIO_PREFIXES = (TOWER, EMBEDDER, VISION_EMBEDDER)  # embed_vision: its ids' rows (gemma3n_audio.vocab_table)
+AUDIO_PREFIXES = (TOWER, EMBEDDER)  # a checkpoint with these has an audio path to export
+# ... which reads embed_vision too: its ids' rows go into the multimodal vocabulary (gemma3n_audio.vocab_table)
+MULTIMODAL_PREFIXES = AUDIO_PREFIXES + (VISION_EMBEDDER,)
 
 
 def open_source(path: str | Path) -> Source:
@@ -60,7 +62,7 @@ def _open_hf_dir(p: Path) -> Source:
         for name in h.tensors:
             if name.startswith(prefix):
                 where["model." + name[len(prefix):]] = (h, name)
-            elif name.startswith(AUDIO_PREFIXES) and isinstance(full.get("audio_config"), dict):
+            elif name.startswith(MULTIMODAL_PREFIXES) and isinstance(full.get("audio_config"), dict):
                 where[name] = (h, name)  # Gemma 3n's audio tower and embedder, by their own names
             elif not name.startswith("lm_head"):
                 skipped.add(name.split(".")[1] if name.startswith("model.") else name.split(".")[0])
@@ -85,9 +87,9 @@ def _open_hf_dir(p: Path) -> Source:
     tokenizer_json, template = _hf_tokenizer(p)
     shapes = {name: h.shape(key) for name, (h, key) in where.items()}
     audio = None
-    if any(n.startswith((TOWER, EMBEDDER)) for n in where):
+    if any(n.startswith(AUDIO_PREFIXES) for n in where):
         audio = {"config": full, "preprocessor": _json_object(p / "preprocessor_config.json"),
-                 "shapes": {n: s for n, s in shapes.items() if n.startswith(AUDIO_PREFIXES)}}
+                 "shapes": {n: s for n, s in shapes.items() if n.startswith(MULTIMODAL_PREFIXES)}}
     return Source(p, family, arch, config, read, lambda: tokenizer_json, template, sorted(skipped), "safetensors",
                   storage, shapes=shapes, read_rows=read_rows, audio=audio)
 
